@@ -1,0 +1,54 @@
+# Every target builds what it needs (.venv, extras, Debian packages) when missing, so each one
+# works on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SRC := lbproxy
+APT_GET := DEBIAN_FRONTEND=noninteractive apt-get
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test check fmt lint typecheck pytest bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed-run
+
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@ $(VENV)/.installed-dev $(VENV)/.installed-run
+
+demo: $(VENV)/.installed-run
+	$(BIN)/lbproxy demo
+
+test: check
+
+check: $(VENV)/.installed-dev
+	$(BIN)/ruff format --check $(SRC) tests bench
+	$(BIN)/ruff check $(SRC) tests bench
+	$(BIN)/mypy --strict $(SRC)
+	$(BIN)/pytest
+
+pytest: $(VENV)/.installed-dev
+	$(BIN)/pytest
+
+fmt: $(VENV)/.installed-dev
+	$(BIN)/ruff format $(SRC) tests bench
+	$(BIN)/ruff check --fix $(SRC) tests bench
+
+bench-deps:
+	@command -v nginx >/dev/null && command -v wrk >/dev/null || \
+		{ $(SUDO) $(APT_GET) update -qq && $(SUDO) $(APT_GET) install -y -qq nginx wrk; }
+
+bench: $(VENV)/.installed-bench bench-deps
+	$(BIN)/python bench/sidebyside.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

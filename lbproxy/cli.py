@@ -1,0 +1,178 @@
+"""``lbproxy run | check | demo``: the only place that maps errors to exit codes.
+
+Exit codes: 0 ok, 2 usage, 3 start-up failure (a port in use, ...), 78 bad configuration
+(EX_CONFIG from sysexits.h, what systemd and supervisors understand).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import tomllib
+from collections.abc import Awaitable, Callable, Sequence
+
+from lbproxy import __version__
+from lbproxy.authz import build_reachability, format_table
+from lbproxy.config import Config
+from lbproxy.configload import load_config, parse_config, parse_host_port
+from lbproxy.demo import demo_config_text, start_demo_backends
+from lbproxy.errors import ConfigError, StartupError
+from lbproxy.server import Runtime
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_STARTUP = 3
+EXIT_CONFIG = 78
+
+log = logging.getLogger("lbproxy")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lbproxy", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"lbproxy {__version__}")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="serve the gateway described by a configuration file")
+    run.add_argument("-c", "--config", required=True, help="the TOML configuration file")
+    check = sub.add_parser("check", help="validate a configuration and print what each API "
+                           "can reach")
+    check.add_argument("-c", "--config", required=True, help="the TOML configuration file")
+    demo = sub.add_parser("demo", help="run the built-in demo: backends, a load balancer, an API")
+    demo.add_argument("-c", "--config", help="a configuration to demo instead of the built-in "
+                      "one (demo backends start on every load balancer server)")
+    demo.add_argument("--listen", help="the API front address, e.g. 127.0.0.1:8088")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "check":
+            return _check(args.config)
+        if args.command == "run":
+            config = load_config(args.config)
+            return _serve(lambda: _run(config))
+        return _demo(args.config, args.listen)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found; nothing was started.", file=sys.stderr)
+        return EXIT_CONFIG
+    except StartupError as exc:
+        print(f"lbproxy: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+
+
+def _check(path: str) -> int:
+    config = load_config(path)
+    table = build_reachability(config)
+    print(f"{path}: ok: {len(config.apis)} API(s), {len(config.authorizations)} "
+          "authorization(s). Reachable upstreams (nothing else is):")
+    print(format_table(config, table))
+    return EXIT_OK
+
+
+def _serve(main_coro: Callable[[], Awaitable[None]]) -> int:
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # e.g. Windows: the default loop works, only slower
+        runner = asyncio.run
+    runner(main_coro())
+    return EXIT_OK
+
+
+async def _until_signalled() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)
+
+
+async def _run(config: Config) -> None:
+    runtime = Runtime(config)
+    await runtime.start()
+    log.info("lbproxy %s serving %d API(s); Ctrl-C or SIGTERM to stop", __version__,
+             len(config.apis))
+    try:
+        await _until_signalled()
+    finally:
+        log.info("stopping: finishing in-flight requests")
+        await runtime.stop()
+
+
+def _demo(path: str | None, listen: str | None) -> int:
+    if path is not None:
+        config = load_config(path)
+    else:
+        config = parse_config(tomllib.loads(demo_config_text()), "<built-in demo>")
+    if listen is not None:
+        try:
+            address = parse_host_port(listen)
+        except ValueError:
+            print(f"lbproxy: --listen {listen!r} is not an address like 127.0.0.1:8088",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        config = _with_listen(config, address)
+    return _serve(lambda: _run_demo(config))
+
+
+def _with_listen(config: Config, address: tuple[str, int]) -> Config:
+    from dataclasses import replace
+
+    return replace(config, gateway=replace(config.gateway, listen=(address,)))
+
+
+async def _run_demo(config: Config) -> None:
+    try:
+        backends = await start_demo_backends(config)
+    except OSError as exc:
+        raise StartupError(f"cannot start the demo backends: {exc.strerror or exc}") from exc
+    try:
+        await _run_with_banner(config)
+    finally:
+        for server in backends:
+            server.close()
+
+
+async def _run_with_banner(config: Config) -> None:
+    runtime = Runtime(config)
+    await runtime.start()
+    print(_banner(config, runtime), flush=True)
+    try:
+        await _until_signalled()
+    finally:
+        await runtime.stop()
+        print("demo stopped.", flush=True)
+
+
+def _banner(config: Config, runtime: Runtime) -> str:
+    host, port = runtime.addresses[0]
+    lines = ["", f"lbproxy demo is up: the API front listens on http://{host}:{port}", ""]
+    lines.append(format_table(config, build_reachability(config)))
+    lines += ["", "Try:"]
+    for api in config.apis:
+        path = api.path.replace("/*", "/42").replace("{", "").replace("}", "")
+        lines.append(f"  curl -s http://{host}:{port}{path}")
+        if "POST" in api.methods:
+            lines.append(f"  curl -s -X POST --data 'hello' http://{host}:{port}{path}")
+    lines.append(f"  for i in $(seq 12); do curl -s http://{host}:{port}"
+                 f"{config.apis[0].path.replace('/*', '/1')} | grep -o 'i-[a-z0-9-]*'; done "
+                 "| sort | uniq -c" if config.apis else "")
+    for lb in config.load_balancers:
+        for listener in lb.listeners:
+            lines.append(f"  curl -s http://{lb.ip}:{listener.port}/any/path   "
+                         f"# the internal load balancer {lb.id} itself")
+    lines += ["  curl -s -i http://%s:%d/nowhere    # 404 with a JSON reason" % (host, port),
+              "", "Press Ctrl-C to stop."]
+    return "\n".join(lines)

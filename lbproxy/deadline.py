@@ -1,0 +1,54 @@
+"""A cheap resettable deadline for the hot path.
+
+Moving a deadline is two attribute writes; the loop timer behind it is only rescheduled when it
+fires early or must fire sooner. Re-arming a ``call_later`` on every request or read would cost
+a heap push and a cancellation each time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+
+class Deadline:
+    __slots__ = ("_callback", "_handle", "_handle_when", "_loop", "when")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+        self._loop = loop
+        self._callback = callback
+        self._handle: asyncio.TimerHandle | None = None
+        self._handle_when = 0.0
+        self.when: float | None = None
+
+    def set_in(self, seconds: float) -> None:
+        self.set_at(self._loop.time() + seconds)
+
+    def set_at(self, when: float) -> None:
+        self.when = when
+        if self._handle is None or when < self._handle_when:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._handle_when = when
+            self._handle = self._loop.call_at(when, self._fire)
+
+    def clear(self) -> None:
+        self.when = None
+
+    def cancel(self) -> None:
+        self.when = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        when = self.when
+        if when is None:
+            return
+        if self._loop.time() < when:
+            self._handle_when = when
+            self._handle = self._loop.call_at(when, self._fire)
+            return
+        self.when = None
+        self._callback()

@@ -1,0 +1,113 @@
+"""The error tree. Each error the gateway can answer with carries its HTTP status and a short,
+stable reason string (used in JSON error bodies and, later, in logs and metrics labels)."""
+
+from __future__ import annotations
+
+
+class LBProxyError(Exception):
+    """Base of every error lbproxy raises on purpose."""
+
+
+class ConfigError(LBProxyError):
+    """The configuration is invalid. Carries every problem found, not only the first."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class ConfigProblem:
+    """One problem in a configuration file: where it is and what to do about it."""
+
+    __slots__ = ("file", "key", "message")
+
+    def __init__(self, file: str, key: str, message: str) -> None:
+        self.file = file
+        self.key = key
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"ConfigProblem({self.file!r}, {self.key!r}, {self.message!r})"
+
+
+class StartupError(LBProxyError):
+    """lbproxy could not start (a port in use, an address that cannot be bound, ...)."""
+
+
+class HTTPError(LBProxyError):
+    """An error answered to the client with ``status`` and a JSON body naming ``reason``."""
+
+    status = 500
+    reason = "internal_error"
+
+    def __init__(self, detail: str = "") -> None:
+        self.detail = detail
+        super().__init__(detail or self.reason)
+
+
+class BadRequest(HTTPError):
+    status = 400
+    reason = "bad_request"
+
+
+class NotFound(HTTPError):
+    status = 404
+    reason = "no_route"
+
+
+class MethodNotAllowed(HTTPError):
+    status = 405
+    reason = "method_not_allowed"
+
+    def __init__(self, allowed: tuple[str, ...], detail: str = "") -> None:
+        self.allowed = allowed
+        super().__init__(detail)
+
+
+class PayloadTooLarge(HTTPError):
+    status = 413
+    reason = "body_too_large"
+
+
+class HeadersTooLarge(HTTPError):
+    status = 431
+    reason = "headers_too_large"
+
+
+class NotImplementedByGateway(HTTPError):
+    status = 501
+    reason = "not_implemented"
+
+
+class BadGateway(HTTPError):
+    status = 502
+    reason = "bad_gateway"
+
+
+class UpstreamNotAuthorized(BadGateway):
+    reason = "upstream_not_authorized"
+
+
+class UpstreamConnectFailed(BadGateway):
+    reason = "upstream_connect_failed"
+
+
+class UpstreamProtocolError(BadGateway):
+    reason = "upstream_protocol_error"
+
+
+class UpstreamClosed(BadGateway):
+    reason = "upstream_closed"
+
+
+class ServiceUnavailable(HTTPError):
+    status = 503
+    reason = "no_upstream_available"
+
+
+class GatewayTimeout(HTTPError):
+    status = 504
+    reason = "upstream_timeout"

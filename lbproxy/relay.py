@@ -1,0 +1,412 @@
+"""The client side of the relay: one ``asyncio.Protocol`` per client connection.
+
+Theory of operation. The parser engine calls ``on_request_head/body/end``. A head is routed to a
+``Route`` (an API's authorization, or a load balancer listener), the balancer picks a server,
+and the request is written to a pooled ``UpstreamConnection`` (or a new one, once connected).
+Bodies stream both ways; a full write buffer on either side pauses reading on the other.
+Requests pipelined behind the active one are queued as parser events, with reading paused, and
+replayed when the active response ends, so answers go out in order and memory stays bounded.
+A client connection serves one exchange at a time; per-request state lives in its slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from lbproxy import framing
+from lbproxy.deadline import Deadline
+from lbproxy.errors import (
+    BadRequest,
+    GatewayTimeout,
+    HTTPError,
+    PayloadTooLarge,
+    UpstreamNotAuthorized,
+)
+from lbproxy.framing import BODY_CHUNKED, BODY_NONE, RequestHead, ResponseHead
+from lbproxy.http import request_parser
+from lbproxy.responses import error_response
+from lbproxy.router import request_path
+from lbproxy.upstream import UpstreamConnection, open_connection
+
+if TYPE_CHECKING:
+    from lbproxy.routes import RelayContext, Route
+
+log = logging.getLogger("lbproxy.relay")
+
+# Reasons reading from the client is paused; reading resumes when none is left.
+_PAUSE_PIPELINE = 1
+_PAUSE_UPSTREAM_FULL = 2
+_PAUSE_CONNECTING = 4
+_CONNECT_BUFFER_LIMIT = 256 * 1024
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "_added_prefix", "_body_limit", "_body_seen", "_ctx", "_deadline", "_head",
+        "_keep_alive", "_paused", "_parser", "_pending", "_request_done", "_resp_mode",
+        "_response_started", "_route", "_send_buffer", "_upstream", "_upstream_deadline",
+        "_client_ip", "_closing", "_connect_task", "_replaying", "transport",
+    )
+
+    def __init__(self, ctx: RelayContext) -> None:
+        self._ctx = ctx
+        self._parser = request_parser(ctx.engine, self, ctx.gateway.max_header_size)
+        self.transport: asyncio.Transport | None = None
+        self._deadline = Deadline(ctx.loop, self._on_client_timeout)
+        self._upstream_deadline = Deadline(ctx.loop, self._on_upstream_timeout)
+        self._pending: deque[tuple[int, Any]] = deque()
+        self._paused = 0
+        self._closing = False
+        self._added_prefix = b""
+        self._client_ip = b""
+        self._replaying = False
+        self._connect_task: asyncio.Task[None] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._head: RequestHead | None = None
+        self._route: Route | None = None
+        self._upstream: UpstreamConnection | None = None
+        self._send_buffer: list[bytes] | None = None
+        self._request_done = False
+        self._response_started = False
+        self._resp_mode = BODY_NONE
+        self._keep_alive = True
+        self._body_seen = 0
+        self._body_limit = 0
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        client_ip = (peer[0] if peer else "unknown").removeprefix("::ffff:")
+        self._added_prefix = b"X-Forwarded-Proto: http\r\nVia: 1.1 lbproxy\r\n"
+        self._client_ip = client_ip.encode()
+        self._ctx.connections.add(self)
+        self._deadline.set_in(self._ctx.gateway.client_header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ctx.connections.discard(self)
+        self._closing = True
+        self.transport = None
+        self._deadline.cancel()
+        self._upstream_deadline.cancel()
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+        upstream = self._upstream
+        if upstream is not None:
+            # Mid-exchange: the upstream connection's state is unknown, never reuse it.
+            self._upstream = None
+            upstream.abandon()
+        self._pending.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if self._head is None and not self._pending:
+            self._deadline.set_in(self._ctx.gateway.client_header_timeout)
+        try:
+            self._parser.feed(data)
+        except HTTPError as exc:
+            self._fail_request(exc, close=True)
+
+    def eof_received(self) -> bool | None:
+        # A half-close after a complete request still gets its answer (RFC 9112 9.6).
+        if self._head is None and not self._pending:
+            return None
+        self._keep_alive = False
+        return True
+
+    def pause_writing(self) -> None:
+        if self._upstream is not None and self._upstream.transport is not None:
+            self._upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._upstream is not None and self._upstream.transport is not None:
+            self._upstream.transport.resume_reading()
+
+    # -- read pausing (flow control) --------------------------------------------------------
+
+    def _pause(self, reason: int) -> None:
+        if not self._paused and self.transport is not None:
+            self.transport.pause_reading()
+        self._paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if not self._paused & reason:
+            return
+        self._paused &= ~reason
+        if not self._paused and self.transport is not None and not self._closing:
+            self.transport.resume_reading()
+
+    def pause_client_reading(self) -> None:
+        self._pause(_PAUSE_UPSTREAM_FULL)
+
+    def resume_client_reading(self) -> None:
+        self._resume(_PAUSE_UPSTREAM_FULL)
+
+    # -- RequestSink --------------------------------------------------------------------------
+
+    def on_request_head(self, head: RequestHead) -> None:
+        if self._closing:
+            return
+        if self._head is not None or self._pending:
+            self._pending.append((0, head))
+            self._pause(_PAUSE_PIPELINE)
+            return
+        self._start(head)
+
+    def on_request_body(self, data: bytes) -> None:
+        if self._pending:
+            self._pending.append((1, data))
+        elif not self._closing:
+            self._forward_body(data)
+
+    def on_request_end(self) -> None:
+        if self._pending:
+            self._pending.append((2, None))
+        elif not self._closing:
+            self._end_request()
+
+    # -- request side ---------------------------------------------------------------------------
+
+    def _start(self, head: RequestHead) -> None:
+        ctx = self._ctx
+        self._head = head
+        self._keep_alive = head.keep_alive
+        self._deadline.clear()
+        try:
+            route = ctx.resolve(head.method, request_path(head.target))
+            limit = route.max_body
+            if head.content_length > limit:
+                raise PayloadTooLarge(f"body of {head.content_length} bytes exceeds {limit}")
+            endpoint = route.group.pick()
+            upstream = ctx.pools.take_idle(route.reach, endpoint, ctx.loop.time())
+        except HTTPError as exc:
+            # The body (if any) was not read: the connection cannot carry another request.
+            self._fail_request(exc, close=head.has_body())
+            return
+        self._route = route
+        self._body_limit = limit
+        request_id = head.request_id or os.urandom(12).hex().encode()
+        xff = self._client_ip if head.forwarded_for is None else (
+            head.forwarded_for + b", " + self._client_ip)
+        added = b"%bX-Forwarded-For: %b\r\nX-Forwarded-Host: %b\r\nX-Request-Id: %b\r\n" % (
+            self._added_prefix, xff, head.host or b"", request_id)
+        if head.via is not None:
+            added = added.replace(b"Via: 1.1", b"Via: " + head.via + b", 1.1", 1)
+        data = framing.request_head_bytes(head, route.host, added)
+        self._upstream_deadline.set_in(route.timeout)
+        if upstream is not None:
+            self._upstream = upstream  # type: ignore[assignment]
+            self._upstream.send(self, head.method, data)  # type: ignore[union-attr]
+        else:
+            self._send_buffer = [data]
+            self._connect_task = ctx.loop.create_task(self._connect(endpoint, head.method))
+        if head.expect_continue and head.has_body() and self.transport is not None:
+            self.transport.write(_CONTINUE)
+
+    async def _connect(self, endpoint: Any, method: bytes) -> None:
+        ctx = self._ctx
+        route = self._route
+        assert route is not None
+        try:
+            upstream = await open_connection(ctx.pools, route.reach, endpoint, ctx.engine,
+                                             ctx.gateway.connect_timeout)
+        except HTTPError as exc:
+            self._connect_task = None
+            if isinstance(exc, UpstreamNotAuthorized):
+                log.warning("refused upstream connect: %s", exc.detail)
+            self._upstream_error(exc)
+            return
+        self._connect_task = None
+        buffered = self._send_buffer
+        if self._closing or buffered is None:
+            upstream.release(request_complete=True)
+            return
+        self._send_buffer = None
+        self._upstream = upstream
+        upstream.send(self, method, b"".join(buffered))
+        self._resume(_PAUSE_CONNECTING)
+
+    def _forward_body(self, data: bytes) -> None:
+        self._body_seen += len(data)
+        if self._body_seen > self._body_limit:
+            self._fail_request(PayloadTooLarge(f"body exceeds {self._body_limit} bytes"), True)
+            return
+        head = self._head
+        if head is None:
+            return
+        if head.chunked:
+            data = framing.encode_chunk(data)
+        self._write_upstream(data)
+
+    def _write_upstream(self, data: bytes) -> None:
+        if self._upstream is not None:
+            self._upstream.write(data)
+        elif self._send_buffer is not None:
+            self._send_buffer.append(data)
+            if sum(map(len, self._send_buffer)) > _CONNECT_BUFFER_LIMIT:
+                self._pause(_PAUSE_CONNECTING)
+
+    def _end_request(self) -> None:
+        head = self._head
+        if head is None:
+            return
+        self._request_done = True
+        if head.chunked:
+            self._write_upstream(framing.LAST_CHUNK)
+
+    # -- response side (called by UpstreamConnection) ---------------------------------------
+
+    def on_response_head(self, head: ResponseHead) -> None:
+        transport = self.transport
+        request = self._head
+        if transport is None or request is None:
+            return
+        if head.status < 200:
+            if head.status != 100 and request.http11:
+                transport.write(framing.interim_head_bytes(head))
+            return
+        if self._route is not None:
+            self._upstream_deadline.set_in(self._route.timeout)
+        keep_alive = self._keep_alive and not self._closing
+        data, self._resp_mode = framing.response_head_bytes(head, request.http11, keep_alive, b"")
+        if self._resp_mode == framing.BODY_UNTIL_CLOSE:
+            keep_alive = False
+        self._keep_alive = keep_alive
+        self._response_started = True
+        transport.write(data)
+
+    def on_response_body(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if self._route is not None:
+            self._upstream_deadline.set_in(self._route.timeout)
+        if self._resp_mode == BODY_CHUNKED:
+            transport.write(framing.encode_chunk(data))
+        else:
+            transport.write(data)
+
+    def on_response_end(self) -> None:
+        if self._resp_mode == BODY_CHUNKED and self.transport is not None:
+            self.transport.write(framing.LAST_CHUNK)
+        upstream = self._upstream
+        self._upstream = None
+        if upstream is not None:
+            upstream.release(self._request_done)
+        if not self._request_done:
+            # Answered before the request body ended: the rest of it cannot be told apart
+            # from a next request, so this connection ends here.
+            self._close()
+            return
+        self._finish_exchange()
+
+    def on_upstream_error(self, error: HTTPError) -> None:
+        self._upstream = None
+        self._upstream_error(error)
+
+    def _upstream_error(self, error: HTTPError) -> None:
+        if self._response_started:
+            # Part of a response is out: a client must see a truncated message, never a spliced
+            # one, so the connection ends here.
+            self._close()
+            return
+        self._fail_request(error, close=not self._request_done)
+
+    def _on_upstream_timeout(self) -> None:
+        upstream = self._upstream
+        self._upstream = None
+        if upstream is not None:
+            upstream.abandon()
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+            self._connect_task = None
+        timeout = self._route.timeout if self._route else 0.0
+        self._upstream_error(GatewayTimeout(f"no response within {timeout:g}s"))
+
+    def _on_client_timeout(self) -> None:
+        if self._head is None and not self._pending:
+            self._close()
+
+    # -- ending an exchange ---------------------------------------------------------------------
+
+    def _fail_request(self, error: HTTPError, close: bool) -> None:
+        """Answer with the gateway's own error; close when the stream cannot be trusted."""
+        upstream = self._upstream
+        self._upstream = None
+        if upstream is not None:
+            upstream.abandon()
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+            self._connect_task = None
+        self._send_buffer = None
+        head = self._head
+        if isinstance(error, BadRequest) or head is None:
+            close = True
+        keep = self._keep_alive and not close
+        transport = self.transport
+        if transport is not None and not self._response_started:
+            request_id = head.request_id if head is not None else None
+            transport.write(error_response(error, request_id, keep))
+        if not keep:
+            self._close()
+            return
+        self._request_done = True
+        self._finish_exchange()
+
+    def _finish_exchange(self) -> None:
+        self._upstream_deadline.clear()
+        if not self._request_done:
+            return
+        if not self._keep_alive or self.transport is None:
+            self._close()
+            return
+        self._reset()
+        self._deadline.set_in(self._ctx.gateway.keepalive_timeout)
+        self._replay()
+
+    def _replay(self) -> None:
+        """Serve requests that arrived pipelined behind the one just answered."""
+        if self._replaying:
+            return  # an exchange ended inside the loop below, which goes on by itself
+        pending = self._pending
+        self._replaying = True
+        try:
+            while pending and not self._closing:
+                kind, payload = pending[0]
+                if kind == 0 and self._head is not None:
+                    break
+                pending.popleft()
+                if kind == 0:
+                    self._start(payload)
+                elif kind == 1:
+                    self._forward_body(payload)
+                else:
+                    self._end_request()
+        finally:
+            self._replaying = False
+        if not pending:
+            self._resume(_PAUSE_PIPELINE)
+
+    def _close(self) -> None:
+        self._closing = True
+        self._pending.clear()
+        self._deadline.cancel()
+        self._upstream_deadline.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        """Close now if idle between requests; otherwise after the current response."""
+        if self._head is None and not self._pending:
+            self._close()
+        else:
+            self._keep_alive = False

@@ -1,0 +1,120 @@
+"""A ``Runtime`` built from a ``Config``: the listeners, the routes and the pools, started and
+stopped as one. The daemon (signals, workers, reloads) drives it from the outside."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+
+from lbproxy.authz import listener_key
+from lbproxy.config import Config, HostPort
+from lbproxy.errors import StartupError
+from lbproxy.pool import PoolSet
+from lbproxy.relay import ClientConnection
+from lbproxy.routes import RelayContext, Route, RouteTable, build_routes
+
+log = logging.getLogger("lbproxy.server")
+_SWEEP_INTERVAL = 5.0
+
+
+def _bind_error(address: HostPort, exc: OSError) -> StartupError:
+    where = f"{address[0]}:{address[1]}"
+    if exc.errno == errno.EADDRINUSE:
+        return StartupError(f"cannot listen on {where}: the port is already in use")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return StartupError(f"cannot listen on {where}: no such local address on this machine")
+    if exc.errno == errno.EACCES:
+        return StartupError(f"cannot listen on {where}: permission denied (ports < 1024 need "
+                            "privileges)")
+    return StartupError(f"cannot listen on {where}: {exc.strerror or exc}")
+
+
+class Runtime:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.routes: RouteTable = build_routes(config)
+        gw = config.gateway
+        self.pools = PoolSet(gw.upstream_max_idle, gw.upstream_idle_timeout)
+        self._servers: list[asyncio.Server] = []
+        self._contexts: list[RelayContext] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.addresses: list[HostPort] = []
+
+    def __repr__(self) -> str:
+        conns = sum(len(c.connections) for c in self._contexts)
+        return f"<Runtime {len(self._servers)} listeners, {conns} client connections>"
+
+    def _context(self, loop: asyncio.AbstractEventLoop, resolve: object) -> RelayContext:
+        ctx = RelayContext(loop, self.config.gateway, self.config.gateway.http_parser,
+                           self.pools, resolve)  # type: ignore[arg-type]
+        self._contexts.append(ctx)
+        return ctx
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        api_ctx = self._context(loop, self.routes.api_router.match)
+        try:
+            for address in self.config.gateway.listen:
+                await self._listen(loop, api_ctx, address)
+            for lb in self.config.load_balancers:
+                for listener in lb.listeners:
+                    route = self.routes.listener_routes[listener_key(lb, listener)]
+                    ctx = self._context(loop, _fixed(route))
+                    await self._listen(loop, ctx, (str(lb.ip), listener.port))
+        except StartupError:
+            await self.stop()
+            raise
+        self._sweeper = loop.call_later(_SWEEP_INTERVAL, self._sweep)
+
+    async def _listen(self, loop: asyncio.AbstractEventLoop, ctx: RelayContext,
+                      address: HostPort) -> None:
+        try:
+            server = await loop.create_server(
+                lambda: ClientConnection(ctx), address[0], address[1],
+                reuse_address=True, backlog=1024,
+            )
+        except OSError as exc:
+            raise _bind_error(address, exc) from exc
+        self._servers.append(server)
+        for sock in server.sockets:
+            bound = sock.getsockname()
+            self.addresses.append((bound[0], bound[1]))
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        log.info("listening on %s:%d", *self.addresses[-1])
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        for conn in self.pools.expired(loop.time()):
+            conn.close()
+        self._sweeper = loop.call_later(_SWEEP_INTERVAL, self._sweep)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, let in-flight exchanges end within ``timeout``, then close all."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for server in self._servers:
+            server.close()
+        for ctx in self._contexts:
+            for conn in list(ctx.connections):
+                conn.shutdown()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(ctx.connections for ctx in self._contexts) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for ctx in self._contexts:
+            for conn in list(ctx.connections):
+                if conn.transport is not None:
+                    conn.transport.abort()
+        for conn in self.pools.drain():
+            conn.close()
+        self._servers.clear()
+
+
+def _fixed(route: Route) -> object:
+    def resolve(method: bytes, path: bytes) -> Route:
+        return route
+
+    return resolve

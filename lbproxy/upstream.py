@@ -1,0 +1,197 @@
+"""The upstream side of the relay: one keep-alive connection to one server.
+
+It parses responses with the configured engine and hands every event to the client connection
+it currently serves (``client``); between exchanges it sits idle in its server's pool. Any byte
+arriving while idle, a protocol error or an early close makes it unusable, so it is never
+reused in a state where a response could be attributed to the wrong request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Protocol
+
+from lbproxy.authz import Endpoint, Reach
+from lbproxy.errors import (
+    GatewayTimeout,
+    HTTPError,
+    UpstreamConnectFailed,
+    UpstreamProtocolError,
+)
+from lbproxy.framing import ResponseHead
+from lbproxy.http import response_parser
+from lbproxy.pool import PoolSet, ServerPool, check_gate
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+log = logging.getLogger("lbproxy.upstream")
+
+
+class UpstreamClient(Protocol):
+    """What an upstream connection calls back: the client connection it serves."""
+
+    def on_response_head(self, head: ResponseHead) -> None: ...
+    def on_response_body(self, data: bytes) -> None: ...
+    def on_response_end(self) -> None: ...
+    def on_upstream_error(self, error: HTTPError) -> None: ...
+    def pause_client_reading(self) -> None: ...
+    def resume_client_reading(self) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = ("_keep_alive", "_loop", "_parser", "client", "idle_since", "pool", "transport")
+
+    def __init__(self, pool: ServerPool, engine: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.pool = pool
+        self._loop = loop
+        self._parser = response_parser(engine, self)
+        self.transport: asyncio.Transport | None = None
+        self.client: UpstreamClient | None = None
+        self.idle_since = 0.0
+        self._keep_alive = True
+
+    def __repr__(self) -> str:
+        state = "closed" if self.transport is None else "active" if self.client else "idle"
+        return f"<UpstreamConnection {self.pool.endpoint} {state}>"
+
+    # -- pool interface -------------------------------------------------------------------
+
+    def is_usable(self) -> bool:
+        return self._keep_alive and self.transport is not None and not self.transport.is_closing()
+
+    def close(self) -> None:
+        self._keep_alive = False
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- exchange ---------------------------------------------------------------------------
+
+    def send(self, client: UpstreamClient, method: bytes, data: bytes) -> None:
+        """Start an exchange for ``client``: the request head (and any body bytes so far)."""
+        self.client = client
+        self._parser.expect(method)
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def abandon(self) -> None:
+        """The client gave up mid-exchange: this connection's state is unknown, close it."""
+        if self.client is not None:
+            self.client = None
+            self.pool.discard(self)
+        self.close()
+
+    def _finish(self, reusable: bool) -> None:
+        self.client = None
+        transport = self.transport
+        if reusable and transport is not None:
+            # The client may have paused our reading for flow control; an idle connection must
+            # read, to notice the server closing it.
+            transport.resume_reading()
+        if not (reusable and self.pool.put(self, self._loop.time())):
+            if reusable:
+                self.close()
+            else:
+                self.pool.discard(self)
+                self.close()
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.client is None:
+            # Nothing was asked: a server speaking out of turn cannot be trusted with a request.
+            self._keep_alive = False
+            self.close()
+            return
+        try:
+            self._parser.feed(data)
+        except HTTPError as exc:
+            self._fail(exc)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._keep_alive = False
+        client = self.client
+        if client is None:
+            self.pool.forget_idle(self)
+            return
+        try:
+            self._parser.feed_eof()
+        except HTTPError as error:
+            self._fail(error)
+
+    def pause_writing(self) -> None:
+        if self.client is not None:
+            self.client.pause_client_reading()
+
+    def resume_writing(self) -> None:
+        if self.client is not None:
+            self.client.resume_client_reading()
+
+    # -- ResponseSink -----------------------------------------------------------------------
+
+    def on_response_head(self, head: ResponseHead) -> None:
+        if head.status >= 200:
+            self._keep_alive = head.keep_alive
+        if self.client is not None:
+            self.client.on_response_head(head)
+
+    def on_response_body(self, data: bytes) -> None:
+        if self.client is not None:
+            self.client.on_response_body(data)
+
+    def on_response_end(self) -> None:
+        client = self.client
+        if client is None:
+            return
+        client.on_response_end()
+
+    def release(self, request_complete: bool) -> None:
+        """The client is done with this exchange; reuse only if both messages ended cleanly."""
+        self._finish(request_complete and self._keep_alive)
+
+    def _fail(self, error: HTTPError) -> None:
+        client = self.client
+        self._keep_alive = False
+        if client is not None:
+            self.client = None
+            self.pool.discard(self)
+            client.on_upstream_error(error)
+        self.close()
+
+
+async def open_connection(
+    pools: PoolSet,
+    reach: Reach,
+    endpoint: Endpoint,
+    engine: str,
+    timeout: float,
+) -> UpstreamConnection:
+    """Open a new connection to ``endpoint``; the gate is asked first, whoever asks."""
+    check_gate(reach, endpoint)
+    loop = asyncio.get_running_loop()
+    pool = pools.pool(endpoint)
+    factory: Callable[[], UpstreamConnection] = lambda: UpstreamConnection(pool, engine, loop)  # noqa: E731
+    try:
+        async with asyncio.timeout(timeout):
+            _, conn = await loop.create_connection(factory, endpoint.ip, endpoint.port)
+    except TimeoutError:
+        raise GatewayTimeout(f"connect to {endpoint} timed out after {timeout:g}s") from None
+    except OSError as exc:
+        raise UpstreamConnectFailed(f"connect to {endpoint}: {exc.strerror or exc}") from None
+    pool.opened()
+    return conn
+
+
+__all__ = ["UpstreamConnection", "UpstreamProtocolError", "open_connection"]
