@@ -42,8 +42,13 @@ class Reach:
         return (ip, port) in self.allowed
 
 
-def _reach(scope: str, target: str, host: str | None, endpoints: tuple[Endpoint, ...],
-           balanced_by: str | None = None) -> Reach:
+def _reach(
+    scope: str,
+    target: str,
+    host: str | None,
+    endpoints: tuple[Endpoint, ...],
+    balanced_by: str | None = None,
+) -> Reach:
     allowed = frozenset((e.ip, e.port) for e in endpoints)
     return Reach(scope, target, host, endpoints, allowed, balanced_by)
 
@@ -90,8 +95,16 @@ class ReachabilityTable:
         for api in config.apis:
             reach = self.by_authorization[api.backend.authorization]
             eps = ", ".join(str(e) for e in reach.endpoints)
-            rows.append((api.name, ",".join(api.methods), api.path, api.backend.authorization,
-                         reach.target, eps))
+            rows.append(
+                (
+                    api.name,
+                    ",".join(api.methods),
+                    api.path,
+                    api.backend.authorization,
+                    reach.target,
+                    eps,
+                )
+            )
         return rows
 
 
@@ -101,8 +114,13 @@ def build_reachability(config: Config) -> ReachabilityTable:
     for lb in config.load_balancers:
         for listener in lb.listeners:
             key = listener_key(lb, listener)
-            by_listener[key] = _reach(f"listener {key}", f"load balancer {key}", None,
-                                      listener_endpoints(config, listener), key)
+            by_listener[key] = _reach(
+                f"listener {key}",
+                f"load balancer {key}",
+                None,
+                listener_endpoints(config, listener),
+                key,
+            )
     return ReachabilityTable(by_auth, by_listener)
 
 
@@ -110,8 +128,9 @@ def format_table(config: Config, table: ReachabilityTable) -> str:
     header = ("API", "METHODS", "PATH", "AUTHORIZATION", "TARGET", "REACHES")
     rows = [header, *table.rows(config)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
-             for r in rows]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows
+    ]
     for key, reach in table.by_listener.items():
         eps = ", ".join(f"{e} (w{e.weight}, {e.name})" for e in reach.endpoints)
         lines.append(f"load balancer listener {key} -> {eps}")

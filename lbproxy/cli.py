@@ -12,7 +12,8 @@ import logging
 import signal
 import sys
 import tomllib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from lbproxy import __version__
 from lbproxy.authz import build_reachability, format_table
@@ -33,25 +34,34 @@ log = logging.getLogger("lbproxy")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lbproxy", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"lbproxy {__version__}")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="serve the gateway described by a configuration file")
     run.add_argument("-c", "--config", required=True, help="the TOML configuration file")
-    check = sub.add_parser("check", help="validate a configuration and print what each API "
-                           "can reach")
+    check = sub.add_parser(
+        "check", help="validate a configuration and print what each API can reach"
+    )
     check.add_argument("-c", "--config", required=True, help="the TOML configuration file")
     demo = sub.add_parser("demo", help="run the built-in demo: backends, a load balancer, an API")
-    demo.add_argument("-c", "--config", help="a configuration to demo instead of the built-in "
-                      "one (demo backends start on every load balancer server)")
+    demo.add_argument(
+        "-c",
+        "--config",
+        help="a configuration to demo instead of the built-in "
+        "one (demo backends start on every load balancer server)",
+    )
     demo.add_argument("--listen", help="the API front address, e.g. 127.0.0.1:8088")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         if args.command == "check":
             return _check(args.config)
@@ -72,20 +82,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _check(path: str) -> int:
     config = load_config(path)
     table = build_reachability(config)
-    print(f"{path}: ok: {len(config.apis)} API(s), {len(config.authorizations)} "
-          "authorization(s). Reachable upstreams (nothing else is):")
+    print(
+        f"{path}: ok: {len(config.apis)} API(s), {len(config.authorizations)} "
+        "authorization(s). Reachable upstreams (nothing else is):"
+    )
     print(format_table(config, table))
     return EXIT_OK
 
 
-def _serve(main_coro: Callable[[], Awaitable[None]]) -> int:
+def _serve(main_coro: Callable[[], Coroutine[Any, Any, None]]) -> int:
     try:
         import uvloop
-
-        runner = uvloop.run
     except ImportError:  # e.g. Windows: the default loop works, only slower
-        runner = asyncio.run
-    runner(main_coro())
+        asyncio.run(main_coro())
+    else:
+        uvloop.run(main_coro())
     return EXIT_OK
 
 
@@ -102,8 +113,9 @@ async def _until_signalled() -> None:
 async def _run(config: Config) -> None:
     runtime = Runtime(config)
     await runtime.start()
-    log.info("lbproxy %s serving %d API(s); Ctrl-C or SIGTERM to stop", __version__,
-             len(config.apis))
+    log.info(
+        "lbproxy %s serving %d API(s); Ctrl-C or SIGTERM to stop", __version__, len(config.apis)
+    )
     try:
         await _until_signalled()
     finally:
@@ -120,8 +132,10 @@ def _demo(path: str | None, listen: str | None) -> int:
         try:
             address = parse_host_port(listen)
         except ValueError:
-            print(f"lbproxy: --listen {listen!r} is not an address like 127.0.0.1:8088",
-                  file=sys.stderr)
+            print(
+                f"lbproxy: --listen {listen!r} is not an address like 127.0.0.1:8088",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
         config = _with_listen(config, address)
     return _serve(lambda: _run_demo(config))
@@ -166,13 +180,22 @@ def _banner(config: Config, runtime: Runtime) -> str:
         lines.append(f"  curl -s http://{host}:{port}{path}")
         if "POST" in api.methods:
             lines.append(f"  curl -s -X POST --data 'hello' http://{host}:{port}{path}")
-    lines.append(f"  for i in $(seq 12); do curl -s http://{host}:{port}"
-                 f"{config.apis[0].path.replace('/*', '/1')} | grep -o 'i-[a-z0-9-]*'; done "
-                 "| sort | uniq -c" if config.apis else "")
+    lines.append(
+        f"  for i in $(seq 12); do curl -s http://{host}:{port}"
+        f"{config.apis[0].path.replace('/*', '/1')} | grep -o 'i-[a-z0-9-]*'; done "
+        "| sort | uniq -c"
+        if config.apis
+        else ""
+    )
     for lb in config.load_balancers:
         for listener in lb.listeners:
-            lines.append(f"  curl -s http://{lb.ip}:{listener.port}/any/path   "
-                         f"# the internal load balancer {lb.id} itself")
-    lines += ["  curl -s -i http://%s:%d/nowhere    # 404 with a JSON reason" % (host, port),
-              "", "Press Ctrl-C to stop."]
+            lines.append(
+                f"  curl -s http://{lb.ip}:{listener.port}/any/path   "
+                f"# the internal load balancer {lb.id} itself"
+            )
+    lines += [
+        f"  curl -s -i http://{host}:{port}/nowhere    # 404 with a JSON reason",
+        "",
+        "Press Ctrl-C to stop.",
+    ]
     return "\n".join(lines)

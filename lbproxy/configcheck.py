@@ -29,8 +29,13 @@ def _duplicates(section: str, ids: list[str], what: str) -> Problems:
     problems = []
     for i, ident in enumerate(ids):
         if ident in seen:
-            problems.append((f"{section}[{i}].{what}", f"`{ident}` is already used by {section}"
-                             f"[{seen[ident]}]; {what}s must be unique"))
+            problems.append(
+                (
+                    f"{section}[{i}].{what}",
+                    f"`{ident}` is already used by {section}"
+                    f"[{seen[ident]}]; {what}s must be unique",
+                )
+            )
         seen.setdefault(ident, i)
     return problems
 
@@ -45,8 +50,13 @@ def check(config: Config) -> Problems:
     lb_ids = {lb.id for lb in config.load_balancers}
     for i, inst in enumerate(config.instances):
         if inst.id in lb_ids:
-            problems.append((f"instance[{i}].id", f"`{inst.id}` is also a load balancer id; "
-                             "an authorization target must name exactly one thing"))
+            problems.append(
+                (
+                    f"instance[{i}].id",
+                    f"`{inst.id}` is also a load balancer id; "
+                    "an authorization target must name exactly one thing",
+                )
+            )
     if not config.gateway.listen:
         problems.append(("gateway.listen", 'needs at least one address, e.g. ["127.0.0.1:8080"]'))
     problems += _check_instances(config)
@@ -62,8 +72,13 @@ def check(config: Config) -> Problems:
 
 def _check_vpc_ref(config: Config, key: str, vpc_id: str) -> Problems:
     if config.vpc(vpc_id) is None:
-        return [(key, f"vpc `{vpc_id}` does not exist; declared VPCs: "
-                 f"{_names(v.id for v in config.vpcs)}")]
+        return [
+            (
+                key,
+                f"vpc `{vpc_id}` does not exist; declared VPCs: "
+                f"{_names(v.id for v in config.vpcs)}",
+            )
+        ]
     return []
 
 
@@ -74,8 +89,13 @@ def _check_instances(config: Config) -> Problems:
         if vpc is None:
             problems += _check_vpc_ref(config, f"instance[{i}].vpc", inst.vpc)
         elif not vpc.contains(inst.ip):
-            problems.append((f"instance[{i}].ip", f"{inst.ip} is outside vpc `{vpc.id}`, whose "
-                             f"CIDRs are {', '.join(map(str, vpc.cidrs))}"))
+            problems.append(
+                (
+                    f"instance[{i}].ip",
+                    f"{inst.ip} is outside vpc `{vpc.id}`, whose "
+                    f"CIDRs are {', '.join(map(str, vpc.cidrs))}",
+                )
+            )
     return problems
 
 
@@ -85,9 +105,14 @@ def _check_load_balancer(config: Config, key: str, lb: LoadBalancer) -> Problems
         return _check_vpc_ref(config, f"{key}.vpc", lb.vpc)
     problems: Problems = []
     if lb.internal and not vpc.contains(lb.ip):
-        problems.append((f"{key}.ip", f"{lb.ip} is outside vpc `{vpc.id}`, whose CIDRs are "
-                         f"{', '.join(map(str, vpc.cidrs))}; an internal load balancer has a "
-                         "private address in its VPC"))
+        problems.append(
+            (
+                f"{key}.ip",
+                f"{lb.ip} is outside vpc `{vpc.id}`, whose CIDRs are "
+                f"{', '.join(map(str, vpc.cidrs))}; an internal load balancer has a "
+                "private address in its VPC",
+            )
+        )
     problems += _duplicates(f"{key}.listener", [str(lst.port) for lst in lb.listeners], "port")
     for j, lst in enumerate(lb.listeners):
         for k, server in enumerate(lst.servers):
@@ -95,11 +120,21 @@ def _check_load_balancer(config: Config, key: str, lb: LoadBalancer) -> Problems
             inst = config.instance(server.instance)
             if inst is None:
                 in_vpc = (x.id for x in config.instances if x.vpc == lb.vpc)
-                problems.append((skey, f"instance `{server.instance}` does not exist; instances "
-                                 f"in `{lb.vpc}`: {_names(in_vpc)}"))
+                problems.append(
+                    (
+                        skey,
+                        f"instance `{server.instance}` does not exist; instances "
+                        f"in `{lb.vpc}`: {_names(in_vpc)}",
+                    )
+                )
             elif inst.vpc != lb.vpc:
-                problems.append((skey, f"instance `{inst.id}` is in `{inst.vpc}`, not "
-                                 f"`{lb.vpc}`; a load balancer serves only its own VPC"))
+                problems.append(
+                    (
+                        skey,
+                        f"instance `{inst.id}` is in `{inst.vpc}`, not "
+                        f"`{lb.vpc}`; a load balancer serves only its own VPC",
+                    )
+                )
     return problems
 
 
@@ -110,8 +145,13 @@ def _check_authorization(config: Config, key: str, auth: Authorization) -> Probl
     problems: Problems = []
     region = config.gateway.region
     if vpc.region != region:
-        problems.append((f"{key}.vpc", f"vpc `{vpc.id}` is in region `{vpc.region}`, but the "
-                         f"gateway is in `{region}`; authorize a VPC of `{region}`"))
+        problems.append(
+            (
+                f"{key}.vpc",
+                f"vpc `{vpc.id}` is in region `{vpc.region}`, but the "
+                f"gateway is in `{region}`; authorize a VPC of `{region}`",
+            )
+        )
     if auth.host is not None and not _HOST.match(auth.host):
         problems.append((f"{key}.host", f"{auth.host!r} is not a valid Host header value"))
     problems += [(f"{key}.{k}", m) for k, m in _check_target(config, auth)]
@@ -132,12 +172,21 @@ def _check_target(config: Config, auth: Authorization) -> Problems:
     except ValueError:
         in_vpc = [x.id for x in config.instances if x.vpc == auth.vpc]
         in_vpc += [x.id for x in config.load_balancers if x.vpc == auth.vpc]
-        return [("target", f"`{auth.target}` is neither an instance, a load balancer nor an IP "
-                 f"address; targets in `{auth.vpc}`: {_names(in_vpc)}")]
+        return [
+            (
+                "target",
+                f"`{auth.target}` is neither an instance, a load balancer nor an IP "
+                f"address; targets in `{auth.vpc}`: {_names(in_vpc)}",
+            )
+        ]
     vpc = config.vpc(auth.vpc)
     if vpc is not None and not vpc.contains(ip):
-        return [("target", f"{ip} is outside vpc `{vpc.id}`, whose CIDRs are "
-                 f"{', '.join(map(str, vpc.cidrs))}")]
+        return [
+            (
+                "target",
+                f"{ip} is outside vpc `{vpc.id}`, whose CIDRs are {', '.join(map(str, vpc.cidrs))}",
+            )
+        ]
     return []
 
 
@@ -145,12 +194,18 @@ def _check_lb_target(auth: Authorization, lb: LoadBalancer) -> Problems:
     if lb.vpc != auth.vpc:
         return [("target", f"load balancer `{lb.id}` is in `{lb.vpc}`, not `{auth.vpc}`")]
     if not lb.internal:
-        return [("target", f"load balancer `{lb.id}` is not internal; only internal load "
-                 "balancers may be VPC targets")]
+        return [
+            (
+                "target",
+                f"load balancer `{lb.id}` is not internal; only internal load "
+                "balancers may be VPC targets",
+            )
+        ]
     if lb.listener(auth.port) is None:
         ports = ", ".join(str(lst.port) for lst in lb.listeners)
-        return [("port", f"port {auth.port} is not a listener of `{lb.id}`, which listens on "
-                 f"{ports}")]
+        return [
+            ("port", f"port {auth.port} is not a listener of `{lb.id}`, which listens on {ports}")
+        ]
     return []
 
 
@@ -158,8 +213,12 @@ def _check_api(config: Config, key: str, api: Api) -> Problems:
     problems: Problems = []
     for j, method in enumerate(api.methods):
         if method not in HTTP_METHODS and method != "ANY":
-            problems.append((f"{key}.methods[{j}]", f"{method!r} is not a method; use "
-                             f"{', '.join(HTTP_METHODS)} or ANY"))
+            problems.append(
+                (
+                    f"{key}.methods[{j}]",
+                    f"{method!r} is not a method; use {', '.join(HTTP_METHODS)} or ANY",
+                )
+            )
     if not api.methods:
         problems.append((f"{key}.methods", "needs at least one method"))
     path_problem = path_pattern_problem(api.path)
@@ -168,8 +227,12 @@ def _check_api(config: Config, key: str, api: Api) -> Problems:
     name = api.backend.authorization
     if config.authorization(name) is None:
         declared = _names(a.name for a in config.authorizations)
-        problems.append((f"{key}.backend.authorization", f"authorization `{name}` does not "
-                         f"exist; declared authorizations: {declared}"))
+        problems.append(
+            (
+                f"{key}.backend.authorization",
+                f"authorization `{name}` does not exist; declared authorizations: {declared}",
+            )
+        )
     return problems
 
 
@@ -199,7 +262,12 @@ def _check_route_conflicts(apis: tuple[Api, ...]) -> Problems:
             for m in HTTP_METHODS if method == "ANY" else (method,):
                 first = owner.setdefault((m, shape), i)
                 if first != i:
-                    problems.append((f"api[{i}].path", f"{m} {api.path} is already routed by "
-                                     f"api[{first}] (`{apis[first].name}`)"))
+                    problems.append(
+                        (
+                            f"api[{i}].path",
+                            f"{m} {api.path} is already routed by "
+                            f"api[{first}] (`{apis[first].name}`)",
+                        )
+                    )
                     break
     return problems

@@ -65,16 +65,16 @@ class _Reader:
             return default
         return value
 
-    def str(self, name: str, default: Any = _MISSING) -> Any:
+    def string(self, name: str, default: Any = _MISSING) -> Any:
         value = self._get(name, default, str, "a string")
         if isinstance(value, str) and not value.strip():
             self.problem(name, "must not be empty")
         return value
 
-    def bool(self, name: str, default: Any = _MISSING) -> Any:
+    def boolean(self, name: str, default: Any = _MISSING) -> Any:
         return self._get(name, default, bool, "true or false")
 
-    def int(self, name: str, default: Any = _MISSING, lo: int = 0, hi: int = 2**63) -> Any:
+    def integer(self, name: str, default: Any = _MISSING, lo: int = 0, hi: int = 2**63) -> Any:
         value = self._get(name, default, int, "an integer")
         if isinstance(value, int) and value is not default and not lo <= value <= hi:
             self.problem(name, f"{value} is out of range; use {lo}..{hi}")
@@ -82,7 +82,7 @@ class _Reader:
         return value
 
     def port(self, name: str, default: Any = _MISSING) -> Any:
-        return self.int(name, default, 1, 65535)
+        return self.integer(name, default, 1, 65535)
 
     def seconds(self, name: str, default: Any = _MISSING) -> Any:
         value = self._get(name, default, (int, float), "a number of seconds")
@@ -101,7 +101,7 @@ class _Reader:
         return value
 
     def ip(self, name: str, default: Any = _MISSING) -> IPAddress | None:
-        text = self.str(name, default)
+        text = self.string(name, default)
         return None if text is None else _parse(self, name, text, ipaddress.ip_address, "an IP")
 
     def table(self, name: str) -> _Reader | None:
@@ -161,12 +161,12 @@ def _address(reader: _Reader, name: str, text: str) -> HostPort | None:
 
 
 def _read_gateway(r: _Reader) -> GatewayConfig | None:
-    region = r.str("region")
+    region = r.string("region")
     listen_text = r.str_list("listen", ["127.0.0.1:8080"])
     listen = [_address(r, f"listen[{i}]", t) for i, t in enumerate(listen_text or [])]
-    admin_text = r.str("admin_listen", None)
+    admin_text = r.string("admin_listen", None)
     admin = _address(r, "admin_listen", admin_text) if admin_text else None
-    parser = r.str("http_parser", "httptools")
+    parser = r.string("http_parser", "httptools")
     if parser not in HTTP_PARSERS:
         r.problem("http_parser", f"{parser!r} is not a parser; use one of {HTTP_PARSERS}")
     default = GatewayConfig(region="", listen=())
@@ -178,9 +178,9 @@ def _read_gateway(r: _Reader) -> GatewayConfig | None:
         client_header_timeout=r.seconds("client_header_timeout", default.client_header_timeout),
         keepalive_timeout=r.seconds("keepalive_timeout", default.keepalive_timeout),
         connect_timeout=r.seconds("connect_timeout", default.connect_timeout),
-        max_header_size=r.int("max_header_size", default.max_header_size, 1024, 1024**2),
-        max_body_size=r.int("max_body_size", default.max_body_size, 0, 2**62),
-        upstream_max_idle=r.int("upstream_max_idle", default.upstream_max_idle, 0, 100_000),
+        max_header_size=r.integer("max_header_size", default.max_header_size, 1024, 1024**2),
+        max_body_size=r.integer("max_body_size", default.max_body_size, 0, 2**62),
+        upstream_max_idle=r.integer("upstream_max_idle", default.upstream_max_idle, 0, 100_000),
         upstream_idle_timeout=r.seconds("upstream_idle_timeout", default.upstream_idle_timeout),
     )
     r.finish()
@@ -193,7 +193,7 @@ def _read_vpc(r: _Reader) -> Vpc:
         net = _parse(r, f"cidrs[{i}]", text, _network, "a CIDR like 10.0.0.0/16")
         if net is not None:
             cidrs.append(net)
-    vpc = Vpc(id=r.str("id"), region=r.str("region"), cidrs=tuple(cidrs))
+    vpc = Vpc(id=r.string("id"), region=r.string("region"), cidrs=tuple(cidrs))
     r.finish()
     return vpc
 
@@ -203,14 +203,14 @@ def _network(text: str) -> IPNetwork:
 
 
 def _read_instance(r: _Reader) -> Instance:
-    inst = Instance(id=r.str("id"), vpc=r.str("vpc"), ip=r.ip("ip"))  # type: ignore[arg-type]
+    inst = Instance(id=r.string("id"), vpc=r.string("vpc"), ip=r.ip("ip"))  # type: ignore[arg-type]
     r.finish()
     return inst
 
 
 def _read_load_balancer(r: _Reader) -> LoadBalancer:
-    lb_id, vpc, ip = r.str("id"), r.str("vpc"), r.ip("ip")
-    internal = r.bool("internal", True)
+    lb_id, vpc, ip = r.string("id"), r.string("vpc"), r.ip("ip")
+    internal = r.boolean("internal", True)
     listeners = tuple(_read_listener(t) for t in r.tables("listener"))
     if not listeners:
         r.problem("listener", "a load balancer needs at least one [[load_balancer.listener]]")
@@ -229,7 +229,7 @@ def _read_listener(r: _Reader) -> Listener:
 
 def _read_server(r: _Reader) -> ServerRef:
     ref = ServerRef(
-        instance=r.str("instance"), port=r.port("port"), weight=r.int("weight", 1, 1, 1000)
+        instance=r.string("instance"), port=r.port("port"), weight=r.integer("weight", 1, 1, 1000)
     )
     r.finish()
     return ref
@@ -237,40 +237,40 @@ def _read_server(r: _Reader) -> ServerRef:
 
 def _read_authorization(r: _Reader) -> Authorization:
     auth = Authorization(
-        name=r.str("name"),
-        vpc=r.str("vpc"),
-        target=r.str("target"),
+        name=r.string("name"),
+        vpc=r.string("vpc"),
+        target=r.string("target"),
         port=r.port("port"),
-        host=r.str("host", None),
+        host=r.string("host", None),
     )
     r.finish()
     return auth
 
 
 def _read_api(r: _Reader) -> Api:
-    name, methods, path = r.str("name"), r.str_list("methods", ["GET"]), r.str("path")
+    name, methods, path = r.string("name"), r.str_list("methods", ["GET"]), r.string("path")
     backend_reader = r.table("backend")
     if backend_reader is None:
         r.problem("backend", 'missing; add backend = { type = "vpc", authorization = "<name>" }')
         backend = Backend(type="vpc", authorization="")
     else:
         backend = _read_backend(backend_reader)
-    body = r.int("max_body_size", None, 0, 2**62)
+    body = r.integer("max_body_size", None, 0, 2**62)
     r.finish()
     methods = tuple(m.upper() for m in methods) if methods else ()
     return Api(name=name, methods=methods, path=path, backend=backend, max_body_size=body)
 
 
 def _read_backend(r: _Reader) -> Backend:
-    kind = r.str("type", "vpc")
+    kind = r.string("type", "vpc")
     if kind != "vpc":
         r.problem(
             "type",
-            f"{kind!r} backends are not available in this version; use type = \"vpc\" with an "
+            f'{kind!r} backends are not available in this version; use type = "vpc" with an '
             "[[authorization]] for the target",
         )
     backend = Backend(
-        type=kind, authorization=r.str("authorization"), timeout=r.seconds("timeout", 10.0)
+        type=kind, authorization=r.string("authorization"), timeout=r.seconds("timeout", 10.0)
     )
     r.finish()
     return backend

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from importlib.resources import files
 
 import h11
@@ -66,10 +67,14 @@ class DemoBackend(asyncio.Protocol):
             "x-request-id": headers.get("x-request-id"),
         }
         body = (json.dumps(answer) + "\n").encode()
-        response = h11.Response(status_code=200, headers=[
-            ("content-type", "application/json"), ("content-length", str(len(body))),
-            ("x-instance", self._instance),
-        ])
+        response = h11.Response(
+            status_code=200,
+            headers=[
+                ("content-type", "application/json"),
+                ("content-length", str(len(body))),
+                ("x-instance", self._instance),
+            ],
+        )
         out = self._conn.send(response) or b""
         if request.method != b"HEAD":
             out += self._conn.send(h11.Data(data=body)) or b""
@@ -96,7 +101,16 @@ async def start_demo_backends(config: Config) -> list[asyncio.Server]:
                 if inst is None or (str(inst.ip), ref.port) in seen:
                     continue
                 seen.add((str(inst.ip), ref.port))
-                servers.append(await loop.create_server(
-                    lambda i=inst.id, p=ref.port: DemoBackend(i, p), str(inst.ip), ref.port,
-                    reuse_address=True))
+                servers.append(
+                    await loop.create_server(
+                        _backend_factory(inst.id, ref.port),
+                        str(inst.ip),
+                        ref.port,
+                        reuse_address=True,
+                    )
+                )
     return servers
+
+
+def _backend_factory(instance: str, port: int) -> Callable[[], DemoBackend]:
+    return lambda: DemoBackend(instance, port)

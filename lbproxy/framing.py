@@ -78,8 +78,16 @@ class RequestHead:
 
 
 class ResponseHead:
-    __slots__ = ("chunked", "content_length", "headers", "http11", "keep_alive", "kept",
-                 "reason", "status")
+    __slots__ = (
+        "chunked",
+        "content_length",
+        "headers",
+        "http11",
+        "keep_alive",
+        "kept",
+        "reason",
+        "status",
+    )
 
     def __init__(self, status: int, reason: bytes, http11: bool, headers: list[Header]) -> None:
         self.status = status
@@ -146,8 +154,9 @@ def analyze_request(head: RequestHead) -> None:
                 raise BadRequest(f"unsupported Expect {value[:40]!r}")  # RFC 9110 10.1.1: 417
             head.expect_continue = head.http11
         elif lname == b"x-forwarded-for":
-            head.forwarded_for = value if head.forwarded_for is None else (
-                head.forwarded_for + b", " + value)
+            head.forwarded_for = (
+                value if head.forwarded_for is None else (head.forwarded_for + b", " + value)
+            )
         elif lname == b"via":
             head.via = value if head.via is None else head.via + b", " + value
         elif lname == b"x-request-id":
@@ -232,13 +241,27 @@ BODY_UNTIL_CLOSE = 3  # HTTP/1.0 client: bytes pass through, then the connection
 _STATUS_LINES = {
     code: b"HTTP/1.1 %d %b\r\n" % (code, reason)
     for code, reason in {
-        100: b"Continue", 200: b"OK", 201: b"Created", 204: b"No Content",
-        301: b"Moved Permanently", 302: b"Found", 304: b"Not Modified",
-        400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
-        405: b"Method Not Allowed", 408: b"Request Timeout", 413: b"Content Too Large",
-        417: b"Expectation Failed", 431: b"Request Header Fields Too Large",
-        500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway",
-        503: b"Service Unavailable", 504: b"Gateway Timeout",
+        100: b"Continue",
+        200: b"OK",
+        201: b"Created",
+        204: b"No Content",
+        301: b"Moved Permanently",
+        302: b"Found",
+        304: b"Not Modified",
+        400: b"Bad Request",
+        401: b"Unauthorized",
+        403: b"Forbidden",
+        404: b"Not Found",
+        405: b"Method Not Allowed",
+        408: b"Request Timeout",
+        413: b"Content Too Large",
+        417: b"Expectation Failed",
+        431: b"Request Header Fields Too Large",
+        500: b"Internal Server Error",
+        501: b"Not Implemented",
+        502: b"Bad Gateway",
+        503: b"Service Unavailable",
+        504: b"Gateway Timeout",
     }.items()
 }
 
@@ -279,8 +302,11 @@ def response_head_bytes(
     status = head.status
     if head.content_length == 0 and not head.chunked:
         mode = BODY_NONE
-        framing = b"" if status < 200 or status in (204, 304) or _has_length(head) else (
-            b"Content-Length: 0\r\n")
+        framing = (
+            b""
+            if status < 200 or status in (204, 304) or _has_length(head)
+            else (b"Content-Length: 0\r\n")
+        )
     elif head.content_length > 0 and not head.chunked:
         mode, framing = BODY_LENGTH, b"Content-Length: %d\r\n" % head.content_length
     elif client_http11:

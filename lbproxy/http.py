@@ -9,6 +9,7 @@ engines emit pipelined requests eagerly; the relay queues what it cannot serve y
 
 from __future__ import annotations
 
+import contextlib
 from typing import Protocol
 
 import h11
@@ -116,8 +117,15 @@ class HttptoolsRequestParser:
 
 
 class HttptoolsResponseParser:
-    __slots__ = ("_close_delimited", "_headers", "_method", "_parser", "_reason", "_sink",
-                 "_skip_body")
+    __slots__ = (
+        "_close_delimited",
+        "_headers",
+        "_method",
+        "_parser",
+        "_reason",
+        "_sink",
+        "_skip_body",
+    )
 
     def __init__(self, sink: ResponseSink) -> None:
         self._sink = sink
@@ -148,8 +156,9 @@ class HttptoolsResponseParser:
 
     def on_headers_complete(self) -> None:
         p = self._parser
-        head = ResponseHead(p.get_status_code(), self._reason, p.get_http_version() == "1.1",
-                            self._headers)
+        head = ResponseHead(
+            p.get_status_code(), self._reason, p.get_http_version() == "1.1", self._headers
+        )
         framing.analyze_response(head, self._method)
         self._close_delimited = head.content_length == CLOSE_DELIMITED and not head.chunked
         self._sink.on_response_head(head)
@@ -210,8 +219,12 @@ class H11RequestParser:
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             if isinstance(event, h11.Request):
-                head = RequestHead(event.method, event.target, event.http_version == b"1.1",
-                                   _h11_headers(event.headers))
+                head = RequestHead(
+                    event.method,
+                    event.target,
+                    event.http_version == b"1.1",
+                    _h11_headers(event.headers),
+                )
                 framing.analyze_request(head)
                 self._sink.on_request_head(head)
             elif isinstance(event, h11.Data):
@@ -258,10 +271,8 @@ class H11ResponseParser:
 
     def feed_eof(self) -> None:
         self._conn.receive_data(b"")
-        try:
+        with contextlib.suppress(UpstreamProtocolError):
             self._drain()
-        except UpstreamProtocolError:
-            pass
         if not self._done:
             raise UpstreamClosed("upstream closed the connection before the response ended")
 
@@ -275,8 +286,12 @@ class H11ResponseParser:
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             if isinstance(event, h11.Response | h11.InformationalResponse):
-                head = ResponseHead(event.status_code, bytes(event.reason),
-                                    event.http_version == b"1.1", _h11_headers(event.headers))
+                head = ResponseHead(
+                    event.status_code,
+                    bytes(event.reason),
+                    event.http_version == b"1.1",
+                    _h11_headers(event.headers),
+                )
                 framing.analyze_response(head, self._method)
                 self._sink.on_response_head(head)
             elif isinstance(event, h11.Data):

@@ -47,10 +47,28 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
-        "_added_prefix", "_body_limit", "_body_seen", "_ctx", "_deadline", "_head",
-        "_keep_alive", "_paused", "_parser", "_pending", "_request_done", "_resp_mode",
-        "_response_started", "_route", "_send_buffer", "_upstream", "_upstream_deadline",
-        "_client_ip", "_closing", "_connect_task", "_replaying", "transport",
+        "_added_prefix",
+        "_body_limit",
+        "_body_seen",
+        "_client_ip",
+        "_closing",
+        "_connect_task",
+        "_ctx",
+        "_deadline",
+        "_head",
+        "_keep_alive",
+        "_parser",
+        "_paused",
+        "_pending",
+        "_replaying",
+        "_request_done",
+        "_resp_mode",
+        "_response_started",
+        "_route",
+        "_send_buffer",
+        "_upstream",
+        "_upstream_deadline",
+        "transport",
     )
 
     def __init__(self, ctx: RelayContext) -> None:
@@ -195,10 +213,17 @@ class ClientConnection(asyncio.Protocol):
         self._route = route
         self._body_limit = limit
         request_id = head.request_id or os.urandom(12).hex().encode()
-        xff = self._client_ip if head.forwarded_for is None else (
-            head.forwarded_for + b", " + self._client_ip)
+        xff = (
+            self._client_ip
+            if head.forwarded_for is None
+            else (head.forwarded_for + b", " + self._client_ip)
+        )
         added = b"%bX-Forwarded-For: %b\r\nX-Forwarded-Host: %b\r\nX-Request-Id: %b\r\n" % (
-            self._added_prefix, xff, head.host or b"", request_id)
+            self._added_prefix,
+            xff,
+            head.host or b"",
+            request_id,
+        )
         if head.via is not None:
             added = added.replace(b"Via: 1.1", b"Via: " + head.via + b", 1.1", 1)
         data = framing.request_head_bytes(head, route.host, added)
@@ -217,8 +242,9 @@ class ClientConnection(asyncio.Protocol):
         route = self._route
         assert route is not None
         try:
-            upstream = await open_connection(ctx.pools, route.reach, endpoint, ctx.engine,
-                                             ctx.gateway.connect_timeout)
+            upstream = await open_connection(
+                ctx.pools, route.reach, endpoint, ctx.engine, ctx.gateway.connect_timeout
+            )
         except HTTPError as exc:
             self._connect_task = None
             if isinstance(exc, UpstreamNotAuthorized):

@@ -59,9 +59,9 @@ class Router(Generic[T]):
             for known, routes in self._prefixes:
                 if known == prefix:
                     return routes
-            routes: _Routes[T] = _Routes(path)
-            self._prefixes.append((prefix, routes))
-            return routes
+            new: _Routes[T] = _Routes(path)
+            self._prefixes.append((prefix, new))
+            return new
         if "{" in path:
             shape = tuple(None if s.startswith("{") else s.encode() for s in path.split("/"))
             for known_shape, routes in self._params:

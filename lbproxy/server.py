@@ -7,6 +7,7 @@ import asyncio
 import errno
 import logging
 import socket
+from collections.abc import Callable
 
 from lbproxy.authz import listener_key
 from lbproxy.config import Config, HostPort
@@ -16,6 +17,7 @@ from lbproxy.relay import ClientConnection
 from lbproxy.routes import RelayContext, Route, RouteTable, build_routes
 
 log = logging.getLogger("lbproxy.server")
+Resolver = Callable[[bytes, bytes], Route]
 _SWEEP_INTERVAL = 5.0
 
 
@@ -26,8 +28,9 @@ def _bind_error(address: HostPort, exc: OSError) -> StartupError:
     if exc.errno == errno.EADDRNOTAVAIL:
         return StartupError(f"cannot listen on {where}: no such local address on this machine")
     if exc.errno == errno.EACCES:
-        return StartupError(f"cannot listen on {where}: permission denied (ports < 1024 need "
-                            "privileges)")
+        return StartupError(
+            f"cannot listen on {where}: permission denied (ports < 1024 need privileges)"
+        )
     return StartupError(f"cannot listen on {where}: {exc.strerror or exc}")
 
 
@@ -46,9 +49,9 @@ class Runtime:
         conns = sum(len(c.connections) for c in self._contexts)
         return f"<Runtime {len(self._servers)} listeners, {conns} client connections>"
 
-    def _context(self, loop: asyncio.AbstractEventLoop, resolve: object) -> RelayContext:
-        ctx = RelayContext(loop, self.config.gateway, self.config.gateway.http_parser,
-                           self.pools, resolve)  # type: ignore[arg-type]
+    def _context(self, loop: asyncio.AbstractEventLoop, resolve: Resolver) -> RelayContext:
+        gw = self.config.gateway
+        ctx = RelayContext(loop, gw, gw.http_parser, self.pools, resolve)
         self._contexts.append(ctx)
         return ctx
 
@@ -68,12 +71,16 @@ class Runtime:
             raise
         self._sweeper = loop.call_later(_SWEEP_INTERVAL, self._sweep)
 
-    async def _listen(self, loop: asyncio.AbstractEventLoop, ctx: RelayContext,
-                      address: HostPort) -> None:
+    async def _listen(
+        self, loop: asyncio.AbstractEventLoop, ctx: RelayContext, address: HostPort
+    ) -> None:
         try:
             server = await loop.create_server(
-                lambda: ClientConnection(ctx), address[0], address[1],
-                reuse_address=True, backlog=1024,
+                lambda: ClientConnection(ctx),
+                address[0],
+                address[1],
+                reuse_address=True,
+                backlog=1024,
             )
         except OSError as exc:
             raise _bind_error(address, exc) from exc
@@ -87,8 +94,8 @@ class Runtime:
 
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
-        for conn in self.pools.expired(loop.time()):
-            conn.close()
+        for idle in self.pools.expired(loop.time()):
+            idle.close()
         self._sweeper = loop.call_later(_SWEEP_INTERVAL, self._sweep)
 
     async def stop(self, timeout: float = 5.0) -> None:
@@ -108,12 +115,12 @@ class Runtime:
             for conn in list(ctx.connections):
                 if conn.transport is not None:
                     conn.transport.abort()
-        for conn in self.pools.drain():
-            conn.close()
+        for idle in self.pools.drain():
+            idle.close()
         self._servers.clear()
 
 
-def _fixed(route: Route) -> object:
+def _fixed(route: Route) -> Resolver:
     def resolve(method: bytes, path: bytes) -> Route:
         return route
 
