@@ -244,10 +244,15 @@ def path_pattern_problem(path: str) -> str | None:
     segments = path[1:].split("/")
     for i, seg in enumerate(segments):
         last = i == len(segments) - 1
-        if seg == "*" and last:
+        if seg == "*" and last and "{" not in path:
             continue
         if seg == "" and last:
             continue
+        if seg.lower().replace("%2e", ".") in (".", ".."):
+            return (
+                f"dot segment {seg!r} in {path!r} can never match (requests with dot "
+                "segments are refused); write the path without it"
+            )
         if not (_PARAM.match(seg) or _SEGMENT.match(seg)):
             return f"segment {seg!r} of {path!r} is not valid; {hint}"
     return None

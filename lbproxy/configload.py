@@ -86,8 +86,8 @@ class _Reader:
 
     def seconds(self, name: str, default: Any = _MISSING) -> Any:
         value = self._get(name, default, (int, float), "a number of seconds")
-        if isinstance(value, int | float) and value is not default and value <= 0:
-            self.problem(name, f"{value} must be greater than 0")
+        if isinstance(value, int | float) and value is not default and not 0 < value < 1e9:
+            self.problem(name, f"{value} is not a usable number of seconds; use e.g. 10.0")
             return default
         return float(value) if isinstance(value, int | float) else value
 
@@ -102,7 +102,12 @@ class _Reader:
 
     def ip(self, name: str, default: Any = _MISSING) -> IPAddress | None:
         text = self.string(name, default)
-        return None if text is None else _parse(self, name, text, ipaddress.ip_address, "an IP")
+        if not isinstance(text, str) or not text.strip():
+            return None
+        return _parse(self, name, text, ipaddress.ip_address, "an IP address")
+
+    def has(self, name: str) -> bool:
+        return name in self._data
 
     def table(self, name: str) -> _Reader | None:
         value = self._get(name, None, dict, "a table")
@@ -168,7 +173,9 @@ def _read_gateway(r: _Reader) -> GatewayConfig | None:
     admin = _address(r, "admin_listen", admin_text) if admin_text else None
     parser = r.string("http_parser", "httptools")
     if parser not in HTTP_PARSERS:
-        r.problem("http_parser", f"{parser!r} is not a parser; use one of {HTTP_PARSERS}")
+        r.problem(
+            "http_parser", f"{parser!r} is not a parser; use one of {', '.join(HTTP_PARSERS)}"
+        )
     default = GatewayConfig(region="", listen=())
     gw = GatewayConfig(
         region=region,
@@ -189,7 +196,11 @@ def _read_gateway(r: _Reader) -> GatewayConfig | None:
 
 def _read_vpc(r: _Reader) -> Vpc:
     cidrs = []
-    for i, text in enumerate(r.str_list("cidrs") or []):
+    texts = r.str_list("cidrs")
+    texts = texts if isinstance(texts, list) else []
+    if r.has("cidrs") and not texts:
+        r.problem("cidrs", 'needs at least one CIDR, e.g. ["10.0.0.0/16"]')
+    for i, text in enumerate(texts):
         net = _parse(r, f"cidrs[{i}]", text, _network, "a CIDR like 10.0.0.0/16")
         if net is not None:
             cidrs.append(net)
@@ -250,11 +261,12 @@ def _read_authorization(r: _Reader) -> Authorization:
 def _read_api(r: _Reader) -> Api:
     name, methods, path = r.string("name"), r.str_list("methods", ["GET"]), r.string("path")
     backend_reader = r.table("backend")
-    if backend_reader is None:
-        r.problem("backend", 'missing; add backend = { type = "vpc", authorization = "<name>" }')
-        backend = Backend(type="vpc", authorization="")
-    else:
+    if backend_reader is not None:
         backend = _read_backend(backend_reader)
+    else:
+        if not r.has("backend"):
+            r.problem("backend", 'missing; add backend = { type = "vpc", authorization = "..." }')
+        backend = Backend(type="vpc", authorization="")
     body = r.integer("max_body_size", None, 0, 2**62)
     r.finish()
     methods = tuple(m.upper() for m in methods) if methods else ()
@@ -282,7 +294,7 @@ def parse_config(data: dict[str, Any], file: str) -> Config:
     root = _Reader(data, "", problems)
     gw_reader = root.table("gateway")
     gateway = _read_gateway(gw_reader) if gw_reader else None
-    if gw_reader is None:
+    if gw_reader is None and not root.has("gateway"):
         problems.append(("gateway", 'missing; add a [gateway] table with region = "..."'))
     config = Config(
         file=file,
@@ -309,6 +321,6 @@ def load_config(path: str) -> Config:
             data = tomllib.load(f)
     except OSError as exc:
         raise ConfigError([ConfigProblem(path, "(file)", f"cannot read: {exc.strerror}")]) from exc
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError([ConfigProblem(path, "(syntax)", f"invalid TOML: {exc}")]) from exc
     return parse_config(data, path)

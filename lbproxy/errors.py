@@ -108,6 +108,10 @@ class ServiceUnavailable(HTTPError):
     reason = "no_upstream_available"
 
 
+class ShuttingDown(ServiceUnavailable):
+    reason = "shutting_down"
+
+
 class GatewayTimeout(HTTPError):
     status = 504
     reason = "upstream_timeout"

@@ -202,10 +202,11 @@ def _h11_headers(headers: h11._headers.Headers) -> list[framing.Header]:
 
 
 class H11RequestParser:
-    __slots__ = ("_conn", "_sink")
+    __slots__ = ("_conn", "_limit", "_sink")
 
     def __init__(self, sink: RequestSink, max_header_size: int) -> None:
         self._sink = sink
+        self._limit = max_header_size
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_size)
 
     def feed(self, data: bytes) -> None:
@@ -219,6 +220,10 @@ class H11RequestParser:
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             if isinstance(event, h11.Request):
+                # h11 bounds only a head still incomplete; one that arrived whole is measured here.
+                size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
+                if size > self._limit:
+                    raise HeadersTooLarge(f"request head larger than {self._limit} bytes")
                 head = RequestHead(
                     event.method,
                     event.target,

@@ -24,6 +24,7 @@ from lbproxy.errors import (
     GatewayTimeout,
     HTTPError,
     PayloadTooLarge,
+    ShuttingDown,
     UpstreamNotAuthorized,
 )
 from lbproxy.framing import BODY_CHUNKED, BODY_NONE, RequestHead, ResponseHead
@@ -200,6 +201,8 @@ class ClientConnection(asyncio.Protocol):
         self._keep_alive = head.keep_alive
         self._deadline.clear()
         try:
+            if ctx.draining:
+                raise ShuttingDown("the gateway is shutting down; retry")
             route = ctx.resolve(head.method, request_path(head.target))
             limit = route.max_body
             if head.content_length > limit:
@@ -303,6 +306,8 @@ class ClientConnection(asyncio.Protocol):
         if self._route is not None:
             self._upstream_deadline.set_in(self._route.timeout)
         keep_alive = self._keep_alive and not self._closing
+        if self._ctx.draining and not self._pending:
+            keep_alive = False
         data, self._resp_mode = framing.response_head_bytes(head, request.http11, keep_alive, b"")
         if self._resp_mode == framing.BODY_UNTIL_CLOSE:
             keep_alive = False
@@ -375,7 +380,7 @@ class ClientConnection(asyncio.Protocol):
             self._connect_task = None
         self._send_buffer = None
         head = self._head
-        if isinstance(error, BadRequest) or head is None:
+        if isinstance(error, BadRequest | ShuttingDown) or head is None:
             close = True
         keep = self._keep_alive and not close
         transport = self.transport
@@ -393,6 +398,9 @@ class ClientConnection(asyncio.Protocol):
         if not self._request_done:
             return
         if not self._keep_alive or self.transport is None:
+            self._close()
+            return
+        if self._ctx.draining and not self._pending:
             self._close()
             return
         self._reset()
@@ -431,8 +439,7 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
     def shutdown(self) -> None:
-        """Close now if idle between requests; otherwise after the current response."""
+        """Close now if idle between requests; otherwise after the current exchange (with
+        ``ctx.draining`` set, requests queued behind it are answered 503)."""
         if self._head is None and not self._pending:
             self._close()
-        else:
-            self._keep_alive = False

@@ -6,7 +6,7 @@ import json
 import time
 from email.utils import formatdate
 
-from lbproxy.errors import HTTPError, MethodNotAllowed
+from lbproxy.errors import HTTPError, MethodNotAllowed, ServiceUnavailable
 from lbproxy.framing import status_line
 
 
@@ -45,6 +45,8 @@ def error_response(error: HTTPError, request_id: bytes | None, keep_alive: bool)
         b"Content-Type: application/json\r\n",
         b"Content-Length: %d\r\n" % len(body),
     ]
+    if isinstance(error, ServiceUnavailable):
+        lines.append(b"Retry-After: 1\r\n")
     if isinstance(error, MethodNotAllowed):
         lines.append(b"Allow: %b\r\n" % ", ".join(error.allowed).encode())
     if request_id:

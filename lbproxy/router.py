@@ -52,6 +52,8 @@ class Router(Generic[T]):
                 for m in HTTP_METHODS if method == "ANY" else (method,):
                     entry.by_method.setdefault(m.encode(), value)
         self._prefixes.sort(key=lambda p: len(p[0]), reverse=True)
+        # Literal segments win over parameters, left to right: /items/{id} before /{kind}/{id}.
+        self._params.sort(key=lambda p: tuple(s is None for s in p[0]))
 
     def _entry(self, path: str) -> _Routes[T]:
         if path.endswith("/*"):
@@ -80,7 +82,8 @@ class Router(Generic[T]):
             segments = path.split(b"/")
             for shape, routes in self._params:
                 if len(shape) == len(segments) and all(
-                    s is None or s == seg for s, seg in zip(shape, segments, strict=True)
+                    (s is None and seg != b"") or s == seg
+                    for s, seg in zip(shape, segments, strict=True)
                 ):
                     yield routes
         for prefix, routes in self._prefixes:

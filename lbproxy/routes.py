@@ -55,6 +55,8 @@ class RelayContext:
     pools: PoolSet
     resolve: Callable[[bytes, bytes], Route]
     connections: set[ClientConnection] = field(default_factory=set)
+    # Set when the runtime stops: answered exchanges end their connection, new requests get 503.
+    draining: bool = False
 
 
 @dataclass(slots=True)

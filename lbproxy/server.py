@@ -105,6 +105,7 @@ class Runtime:
         for server in self._servers:
             server.close()
         for ctx in self._contexts:
+            ctx.draining = True
             for conn in list(ctx.connections):
                 conn.shutdown()
         loop = asyncio.get_running_loop()
