@@ -12,6 +12,7 @@ A client connection serves one exchange at a time; per-request state lives in it
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 from collections import deque
@@ -46,6 +47,15 @@ _CONNECT_BUFFER_LIMIT = 256 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
+_REQUEST_ID_PREFIX = os.urandom(6).hex().encode()
+_request_numbers = itertools.count(1)
+
+
+def _new_request_id() -> bytes:
+    # Unique, not secret: a per-process random prefix and a counter cost no syscall per request.
+    return b"%b%012x" % (_REQUEST_ID_PREFIX, next(_request_numbers))
+
+
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_added_prefix",
@@ -69,6 +79,7 @@ class ClientConnection(asyncio.Protocol):
         "_send_buffer",
         "_upstream",
         "_upstream_deadline",
+        "_wbuf",
         "transport",
     )
 
@@ -84,6 +95,8 @@ class ClientConnection(asyncio.Protocol):
         self._added_prefix = b""
         self._client_ip = b""
         self._replaying = False
+        # Response bytes of one upstream read, written to the client in one send.
+        self._wbuf: list[bytes] = []
         self._connect_task: asyncio.Task[None] | None = None
         self._reset()
 
@@ -215,7 +228,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self._route = route
         self._body_limit = limit
-        request_id = head.request_id or os.urandom(12).hex().encode()
+        request_id = head.request_id or _new_request_id()
         xff = (
             self._client_ip
             if head.forwarded_for is None
@@ -301,7 +314,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if head.status < 200:
             if head.status != 100 and request.http11:
-                transport.write(framing.interim_head_bytes(head))
+                self._wbuf.append(framing.interim_head_bytes(head))
             return
         if self._route is not None:
             self._upstream_deadline.set_in(self._route.timeout)
@@ -313,22 +326,30 @@ class ClientConnection(asyncio.Protocol):
             keep_alive = False
         self._keep_alive = keep_alive
         self._response_started = True
-        transport.write(data)
+        self._wbuf.append(data)
 
     def on_response_body(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is None:
-            return
         if self._route is not None:
             self._upstream_deadline.set_in(self._route.timeout)
         if self._resp_mode == BODY_CHUNKED:
-            transport.write(framing.encode_chunk(data))
+            self._wbuf.append(framing.encode_chunk(data))
         else:
-            transport.write(data)
+            self._wbuf.append(data)
+
+    def flush(self) -> None:
+        """Write what the last upstream read produced, in one send."""
+        wbuf = self._wbuf
+        if not wbuf:
+            return
+        data = wbuf[0] if len(wbuf) == 1 else b"".join(wbuf)
+        wbuf.clear()
+        if self.transport is not None:
+            self.transport.write(data)
 
     def on_response_end(self) -> None:
-        if self._resp_mode == BODY_CHUNKED and self.transport is not None:
-            self.transport.write(framing.LAST_CHUNK)
+        if self._resp_mode == BODY_CHUNKED:
+            self._wbuf.append(framing.LAST_CHUNK)
+        self.flush()
         upstream = self._upstream
         self._upstream = None
         if upstream is not None:
@@ -345,6 +366,7 @@ class ClientConnection(asyncio.Protocol):
         self._upstream_error(error)
 
     def _upstream_error(self, error: HTTPError) -> None:
+        self.flush()
         if self._response_started:
             # Part of a response is out: a client must see a truncated message, never a spliced
             # one, so the connection ends here.

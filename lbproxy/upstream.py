@@ -36,6 +36,7 @@ class UpstreamClient(Protocol):
     def on_response_body(self, data: bytes) -> None: ...
     def on_response_end(self) -> None: ...
     def on_upstream_error(self, error: HTTPError) -> None: ...
+    def flush(self) -> None: ...
     def pause_client_reading(self) -> None: ...
     def resume_client_reading(self) -> None: ...
 
@@ -111,10 +112,13 @@ class UpstreamConnection(asyncio.Protocol):
             self._keep_alive = False
             self.close()
             return
+        client = self.client
         try:
             self._parser.feed(data)
         except HTTPError as exc:
             self._fail(exc)
+            return
+        client.flush()
 
     def eof_received(self) -> bool | None:
         return None

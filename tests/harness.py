@@ -40,6 +40,14 @@ class LoopThread:
         return self.run(wrapper())
 
     def close(self) -> None:
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.sleep(0.1)  # let closed transports finish closing
+
+        self.run(cancel_all())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
         self.loop.close()
@@ -96,6 +104,7 @@ class Backend:
     seen: list[Seen] = field(default_factory=list)
     connections: int = 0
     server: asyncio.Server | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, self.host, self.port)
@@ -104,10 +113,16 @@ class Backend:
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         number = self.connections
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
         conn = h11.Connection(h11.SERVER)
         try:
             while True:
@@ -127,6 +142,7 @@ class Backend:
         except (ConnectionError, h11.ProtocolError):
             pass
         finally:
+            self.tasks.discard(task)
             writer.close()
 
     async def _read_request(
