@@ -101,7 +101,18 @@ class ResponseHead:
         self.keep_alive = http11
 
 
-def _connection_tokens(value: bytes) -> set[bytes]:
+_COMMON_TOKENS = {
+    b"keep-alive": frozenset({b"keep-alive"}),
+    b"close": frozenset({b"close"}),
+    b"Keep-Alive": frozenset({b"keep-alive"}),
+    b"Close": frozenset({b"close"}),
+}
+
+
+def _connection_tokens(value: bytes) -> frozenset[bytes] | set[bytes]:
+    common = _COMMON_TOKENS.get(value)
+    if common is not None:
+        return common
     return {t.strip().lower() for t in value.split(b",") if t.strip()}
 
 
@@ -266,10 +277,20 @@ _STATUS_LINES = {
 }
 
 
+_RELAYED_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+
+
 def status_line(status: int, reason: bytes = b"") -> bytes:
-    line = _STATUS_LINES.get(status)
-    if line is None or (reason and not line.endswith(b" " + reason + b"\r\n")):
-        line = b"HTTP/1.1 %d %b\r\n" % (status, reason)
+    """Our status line for ``status``; an upstream's own reason phrase is kept."""
+    if not reason:
+        line = _STATUS_LINES.get(status)
+        return line if line is not None else b"HTTP/1.1 %d \r\n" % status
+    key = (status, reason)
+    line = _RELAYED_STATUS_LINES.get(key)
+    if line is None:
+        line = b"HTTP/1.1 %d %b\r\n" % key
+        if len(_RELAYED_STATUS_LINES) < 1024:  # bounded: reasons come from upstreams
+            _RELAYED_STATUS_LINES[key] = line
     return line
 
 

@@ -44,8 +44,9 @@ class RequestParser(Protocol):
 
 
 class ResponseParser(Protocol):
-    def expect(self, method: bytes) -> None:
-        """Prepare for the response to a request with ``method`` (HEAD has no body)."""
+    def expect(self, method: bytes, sink: ResponseSink) -> None:
+        """Prepare for the one response to a request with ``method`` (HEAD has no body), to be
+        delivered to ``sink``. Any byte beyond that response is an ``UpstreamProtocolError``."""
 
     def feed(self, data: bytes) -> None: ...
 
@@ -119,6 +120,7 @@ class HttptoolsRequestParser:
 class HttptoolsResponseParser:
     __slots__ = (
         "_close_delimited",
+        "_expecting",
         "_headers",
         "_method",
         "_parser",
@@ -135,16 +137,21 @@ class HttptoolsResponseParser:
         self._reason = b""
         self._skip_body = False
         self._close_delimited = False
+        self._expecting = False
 
-    def expect(self, method: bytes) -> None:
+    def expect(self, method: bytes, sink: ResponseSink) -> None:
+        self._sink = sink
         self._method = method
         self._close_delimited = False
+        self._expecting = True
         if self._skip_body:
             # llhttp cannot be told a HEAD response has no body: start a fresh parser instead.
             self._parser = httptools.HttpResponseParser(self)
             self._skip_body = False
 
     def on_message_begin(self) -> None:
+        if not self._expecting:
+            raise UpstreamProtocolError("upstream sent more than the response asked for")
         self._headers = []
         self._reason = b""
 
@@ -164,6 +171,7 @@ class HttptoolsResponseParser:
         self._sink.on_response_head(head)
         if self._method == b"HEAD" and head.status >= 200:
             self._skip_body = True
+            self._expecting = False
             self._sink.on_response_end()
 
     def on_body(self, body: bytes) -> None:
@@ -174,6 +182,7 @@ class HttptoolsResponseParser:
     def on_message_complete(self) -> None:
         # llhttp ends a 1xx interim response as a message of its own; the exchange goes on.
         if not self._skip_body and self._parser.get_status_code() >= 200:
+            self._expecting = False
             self._sink.on_response_end()
 
     def feed(self, data: bytes) -> None:
@@ -188,6 +197,7 @@ class HttptoolsResponseParser:
         if not self._close_delimited:
             raise UpstreamClosed("upstream closed the connection before the response ended")
         self._close_delimited = False
+        self._expecting = False
         self._sink.on_response_end()
 
 
@@ -260,7 +270,8 @@ class H11ResponseParser:
         self._method = b"GET"
         self._done = True
 
-    def expect(self, method: bytes) -> None:
+    def expect(self, method: bytes, sink: ResponseSink) -> None:
+        self._sink = sink
         conn = self._conn
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
@@ -288,6 +299,8 @@ class H11ResponseParser:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
                 raise UpstreamProtocolError(str(exc)) from None
+            if event is h11.PAUSED and conn.trailing_data[0]:
+                raise UpstreamProtocolError("upstream sent more than the response asked for")
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             if isinstance(event, h11.Response | h11.InformationalResponse):
@@ -314,7 +327,21 @@ def request_parser(engine: str, sink: RequestSink, max_header_size: int) -> Requ
     return HttptoolsRequestParser(sink, max_header_size)
 
 
-def response_parser(engine: str, sink: ResponseSink) -> ResponseParser:
+class _NoExchange:
+    """The sink before the first ``expect``: nothing was asked, so any response is an error."""
+
+    def on_response_head(self, head: ResponseHead) -> None:
+        raise UpstreamProtocolError("response without a request")
+
+    def on_response_body(self, data: bytes) -> None:
+        raise UpstreamProtocolError("response without a request")
+
+    def on_response_end(self) -> None:
+        raise UpstreamProtocolError("response without a request")
+
+
+def response_parser(engine: str, sink: ResponseSink | None = None) -> ResponseParser:
+    sink = sink or _NoExchange()
     if engine == "h11":
         return H11ResponseParser(sink)
     return HttptoolsResponseParser(sink)

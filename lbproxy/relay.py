@@ -79,6 +79,7 @@ class ClientConnection(asyncio.Protocol):
         "_send_buffer",
         "_upstream",
         "_upstream_deadline",
+        "_upstream_keep_alive",
         "_wbuf",
         "transport",
     )
@@ -108,6 +109,7 @@ class ClientConnection(asyncio.Protocol):
         self._request_done = False
         self._response_started = False
         self._resp_mode = BODY_NONE
+        self._upstream_keep_alive = True
         self._keep_alive = True
         self._body_seen = 0
         self._body_limit = 0
@@ -270,7 +272,7 @@ class ClientConnection(asyncio.Protocol):
         self._connect_task = None
         buffered = self._send_buffer
         if self._closing or buffered is None:
-            upstream.release(request_complete=True)
+            upstream.release(reusable=True)
             return
         self._send_buffer = None
         self._upstream = upstream
@@ -316,8 +318,7 @@ class ClientConnection(asyncio.Protocol):
             if head.status != 100 and request.http11:
                 self._wbuf.append(framing.interim_head_bytes(head))
             return
-        if self._route is not None:
-            self._upstream_deadline.set_in(self._route.timeout)
+        self._upstream_keep_alive = head.keep_alive
         keep_alive = self._keep_alive and not self._closing
         if self._ctx.draining and not self._pending:
             keep_alive = False
@@ -353,7 +354,7 @@ class ClientConnection(asyncio.Protocol):
         upstream = self._upstream
         self._upstream = None
         if upstream is not None:
-            upstream.release(self._request_done)
+            upstream.release(self._request_done and self._upstream_keep_alive)
         if not self._request_done:
             # Answered before the request body ended: the rest of it cannot be told apart
             # from a next request, so this connection ends here.

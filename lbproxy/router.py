@@ -21,10 +21,14 @@ def request_path(target: bytes) -> bytes:
     """
     if not target.startswith(b"/"):
         raise BadRequest("the request target must be a path (origin-form)")
-    path = target.split(b"?", 1)[0].split(b"#", 1)[0]
-    probe = path.lower() + b"/"
-    if any(seg in probe for seg in _DOT_SEGMENTS):
-        raise BadRequest("dot segments (. or ..) in the path are refused")
+    path = target.partition(b"?")[0]
+    if b"#" in path:
+        path = path.partition(b"#")[0]
+    # Fast path: a dot segment needs "/." or a percent-encoded dot.
+    if b"/." in path or b"%" in path:
+        probe = path.lower() + b"/"
+        if any(seg in probe for seg in _DOT_SEGMENTS):
+            raise BadRequest("dot segments (. or ..) in the path are refused")
     return path
 
 
@@ -91,6 +95,11 @@ class Router(Generic[T]):
                 yield routes
 
     def match(self, method: bytes, path: bytes) -> T:
+        exact = self._exact.get(path)
+        if exact is not None:  # the common case, without a generator
+            value = exact.by_method.get(method)
+            if value is not None:
+                return value
         allowed: set[str] = set()
         for routes in self._candidates(path):
             value = routes.by_method.get(method)
