@@ -105,6 +105,9 @@ class Backend:
     connections: int = 0
     server: asyncio.Server | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    # Stop reading for a second once this many bytes arrived: a slow upstream (flow control).
+    stall_at: int | None = None
+    received: int = 0
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, self.host, self.port)
@@ -154,7 +157,11 @@ class Backend:
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
+                if self.stall_at is not None and self.received >= self.stall_at:
+                    self.stall_at = None
+                    await asyncio.sleep(1.0)
                 data = await reader.read(65536)
+                self.received += len(data)
                 self.raw += data if len(self.raw) < 1 << 20 else b""
                 conn.receive_data(data)
                 continue
