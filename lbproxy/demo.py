@@ -90,26 +90,30 @@ class DemoBackend(asyncio.Protocol):
 
 
 async def start_demo_backends(config: Config) -> list[asyncio.Server]:
-    """A demo backend on every load balancer server's instance address and port."""
+    """A demo backend on every address the configuration reaches: each load balancer server,
+    and each instance or IP an authorization names directly."""
     loop = asyncio.get_running_loop()
     servers = []
-    seen: set[tuple[str, int]] = set()
+    for (ip, port), name in sorted(_demo_addresses(config).items()):
+        servers.append(
+            await loop.create_server(_backend_factory(name, port), ip, port, reuse_address=True)
+        )
+    return servers
+
+
+def _demo_addresses(config: Config) -> dict[tuple[str, int], str]:
+    addresses = {}
     for lb in config.load_balancers:
         for listener in lb.listeners:
             for ref in listener.servers:
                 inst = config.instance(ref.instance)
-                if inst is None or (str(inst.ip), ref.port) in seen:
-                    continue
-                seen.add((str(inst.ip), ref.port))
-                servers.append(
-                    await loop.create_server(
-                        _backend_factory(inst.id, ref.port),
-                        str(inst.ip),
-                        ref.port,
-                        reuse_address=True,
-                    )
-                )
-    return servers
+                if inst is not None:
+                    addresses[(str(inst.ip), ref.port)] = inst.id
+    for auth in config.authorizations:
+        inst = config.instance(auth.target)
+        if inst is not None:
+            addresses[(str(inst.ip), auth.port)] = inst.id
+    return addresses
 
 
 def _backend_factory(instance: str, port: int) -> Callable[[], DemoBackend]:
