@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-
-import uvloop
 import time
 import tomllib
 from pathlib import Path
 from typing import Any
+
+import uvloop
 
 from lbproxy.configload import parse_config
 from lbproxy.pool import PoolSet
@@ -82,7 +82,7 @@ def run(engine: str, n: int) -> float:
     start = time.perf_counter()
     for _ in range(n):
         client.data_received(request)
-        upstream = client._upstream  # noqa: SLF001 - the connection the balancer picked
+        upstream = client._upstream
         assert upstream is not None
         upstream.data_received(RESPONSE)
     elapsed = time.perf_counter() - start

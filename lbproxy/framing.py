@@ -78,6 +78,9 @@ class RequestHead:
 
 
 class ResponseHead:
+    """A response as parsed, then analysed. lbproxy sends its own reason phrase for the status
+    (as Envoy does): httptools then skips a callback per response, and both engines agree."""
+
     __slots__ = (
         "chunked",
         "content_length",

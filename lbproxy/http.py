@@ -155,17 +155,12 @@ class HttptoolsResponseParser:
         self._headers = []
         self._reason = b""
 
-    def on_status(self, status: bytes) -> None:
-        self._reason += status
-
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         p = self._parser
-        head = ResponseHead(
-            p.get_status_code(), self._reason, p.get_http_version() == "1.1", self._headers
-        )
+        head = ResponseHead(p.get_status_code(), b"", p.get_http_version() == "1.1", self._headers)
         framing.analyze_response(head, self._method)
         self._close_delimited = head.content_length == CLOSE_DELIMITED and not head.chunked
         self._sink.on_response_head(head)
@@ -306,7 +301,7 @@ class H11ResponseParser:
             if isinstance(event, h11.Response | h11.InformationalResponse):
                 head = ResponseHead(
                     event.status_code,
-                    bytes(event.reason),
+                    b"",
                     event.http_version == b"1.1",
                     _h11_headers(event.headers),
                 )

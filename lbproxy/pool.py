@@ -103,8 +103,11 @@ class PoolSet:
 
     def take_idle(self, reach: Reach, endpoint: Endpoint, now: float) -> PooledConnection | None:
         """Gate, then reuse; raises ``UpstreamNotAuthorized`` outside the table."""
-        check_gate(reach, endpoint)
-        return self.pool(endpoint).take(now)
+        key = (endpoint.ip, endpoint.port)
+        if key not in reach.allowed:
+            check_gate(reach, endpoint)
+        pool = self._pools.get(key)
+        return pool.take(now) if pool is not None else None
 
     def expired(self, now: float) -> list[PooledConnection]:
         return [c for pool in self._pools.values() for c in pool.expired(now)]

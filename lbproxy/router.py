@@ -100,6 +100,13 @@ class Router(Generic[T]):
             value = exact.by_method.get(method)
             if value is not None:
                 return value
+        if not self._params and exact is None:
+            for prefix, routes in self._prefixes:  # the next most common case, inline
+                if path.startswith(prefix) or path == prefix[:-1]:
+                    value = routes.by_method.get(method)
+                    if value is not None:
+                        return value
+                    break
         allowed: set[str] = set()
         for routes in self._candidates(path):
             value = routes.by_method.get(method)

@@ -81,8 +81,12 @@ Handler = Callable[[Seen, asyncio.StreamWriter], Awaitable[bool]]
 async def echo(seen: Seen, writer: asyncio.StreamWriter) -> bool:
     """Answer with what was seen as JSON; keep the connection."""
     body = json.dumps(
-        {"method": seen.method, "target": seen.target, "body_size": seen.body_size,
-         "headers": seen.headers}
+        {
+            "method": seen.method,
+            "target": seen.target,
+            "body_size": seen.body_size,
+            "headers": seen.headers,
+        }
     ).encode()
     writer.write(
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
@@ -173,17 +177,29 @@ class Backend:
                     body += event.data
             elif isinstance(event, h11.EndOfMessage) and request is not None:
                 headers = [(k.decode(), v.decode("latin-1")) for k, v in request.headers]
-                seen = Seen(request.method.decode(), request.target.decode("latin-1"), headers,
-                            bytes(body), size, number)
+                seen = Seen(
+                    request.method.decode(),
+                    request.target.decode("latin-1"),
+                    headers,
+                    bytes(body),
+                    size,
+                    number,
+                )
                 self.seen.append(seen)
                 return seen
             else:
                 return None
 
 
-def gateway_toml(backends: list[Backend], lb_port: int, engine: str = "httptools",
-                 weights: list[int] | None = None, extra_api: str = "",
-                 timeout: float = 5.0) -> str:
+def gateway_toml(
+    backends: list[Backend],
+    lb_port: int,
+    engine: str = "httptools",
+    *,
+    weights: list[int] | None = None,
+    extra_api: str = "",
+    timeout: float = 5.0,
+) -> str:
     """A config: backends behind an internal LB (weights), an API `/api/*` through it, and an
     API `/direct/*` straight to the first backend's instance."""
     weights = weights or [1] * len(backends)

@@ -77,6 +77,7 @@ def test_examples_pass_check() -> None:
             capture_output=True,
             text=True,
             timeout=30,
+            check=False,
         )
         assert result.returncode == 0, (example, result.stderr)
 

@@ -248,7 +248,9 @@ def test_503_for_requests_queued_while_draining(lt: LoopThread, engine: str) -> 
     gateway = make_gateway(lt, [backend], engine)
     sock = gateway.connect()
     try:
-        sock.sendall(b"GET /api/1 HTTP/1.1\r\nHost: x\r\n\r\nGET /api/2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.sendall(
+            b"GET /api/1 HTTP/1.1\r\nHost: x\r\n\r\nGET /api/2 HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
         assert started.wait(5)
         stopping = asyncio.run_coroutine_threadsafe(gateway.runtime.stop(timeout=5), lt.loop)
         client = Client(sock)

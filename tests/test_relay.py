@@ -106,8 +106,11 @@ def test_pipelined_requests_are_answered_in_order(gw: Gateway) -> None:
 
 def test_pipelined_posts_with_bodies(gw: Gateway) -> None:
     client = Client(gw.connect())
-    reqs = [b"POST /api/%d HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%b" % (i, i * 10,
-            b"x" * (i * 10)) for i in range(1, 5)]
+    reqs = [
+        b"POST /api/%d HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%b"
+        % (i, i * 10, b"x" * (i * 10))
+        for i in range(1, 5)
+    ]
     client.send(b"".join(reqs))
     sizes = [json.loads(client.response()[1])["body_size"] for _ in range(4)]
     assert sizes == [10, 20, 30, 40]
@@ -116,8 +119,10 @@ def test_pipelined_posts_with_bodies(gw: Gateway) -> None:
 
 def test_chunked_request_is_reframed_and_streamed(gw: Gateway, backends: list[Backend]) -> None:
     client = Client(gw.connect())
-    client.send(b"POST /direct/c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    client.send(
+        b"POST /direct/c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
     response, body = client.response()
     assert response.status_code == 200
     assert json.loads(body)["body_size"] == 11
@@ -131,8 +136,10 @@ def test_chunked_request_is_reframed_and_streamed(gw: Gateway, backends: list[Ba
 
 def test_http10_client_gets_close_delimited_body(lt: LoopThread, engine: str) -> None:
     async def chunked(seen: object, writer: object) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"  # type: ignore[attr-defined]
-                     b"3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"  # type: ignore[attr-defined]
+            b"3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n"
+        )
         return True
 
     backend = Backend("a", handler=chunked)
@@ -189,8 +196,9 @@ def test_bodyless_responses_are_framed_right(
 
 def test_expect_100_continue(gw: Gateway) -> None:
     sock = gw.connect()
-    sock.sendall(b"POST /api/e HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
-                 b"Expect: 100-continue\r\n\r\n")
+    sock.sendall(
+        b"POST /api/e HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
+    )
     assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
     sock.sendall(b"data")
     client = Client(sock)
