@@ -313,7 +313,7 @@ def request_head_bytes(head: RequestHead, host: bytes | None, added: bytes) -> b
         head.method,
         head.target,
         host if host is not None else (head.host or b""),
-        _header_lines(head.kept),
+        b"".join([b"%b: %b\r\n" % h for h in head.kept]),
         added,
         framing,
     )
@@ -341,8 +341,11 @@ def response_head_bytes(
         framing += b"Connection: close\r\n"
     elif not client_http11:
         framing += b"Connection: keep-alive\r\n"
-    line = status_line(status, head.reason)
-    return b"%b%b%b%b\r\n" % (line, _header_lines(head.kept), added, framing), mode
+    line = _STATUS_LINES.get(status) if not head.reason else None
+    if line is None:
+        line = status_line(status, head.reason)
+    lines = b"".join([b"%b: %b\r\n" % h for h in head.kept])
+    return b"%b%b%b%b\r\n" % (line, lines, added, framing), mode
 
 
 def _has_length(head: ResponseHead) -> bool:

@@ -60,7 +60,9 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 
 class HttptoolsRequestParser:
-    __slots__ = ("_head_size", "_headers", "_in_head", "_limit", "_parser", "_sink", "_url")
+    # No on_message_begin: state is reset once a head is complete, which saves a callback per
+    # request; a head is in progress exactly while ``_url`` holds bytes.
+    __slots__ = ("_head_size", "_headers", "_limit", "_parser", "_sink", "_url")
 
     def __init__(self, sink: RequestSink, max_header_size: int) -> None:
         self._sink = sink
@@ -68,28 +70,26 @@ class HttptoolsRequestParser:
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: list[framing.Header] = []
-        self._in_head = False
-        self._head_size = 0
-
-    def on_message_begin(self) -> None:
-        self._in_head = True
-        self._url = b""
-        self._headers = []
         self._head_size = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > self._limit:
+            raise HeadersTooLarge(f"request target longer than {self._limit} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_size += len(name) + len(value) + 4
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
-        if self._head_size + len(self._url) > self._limit:
+        url = self._url
+        if self._head_size + len(url) > self._limit:
             raise HeadersTooLarge(f"request head larger than {self._limit} bytes")
         p = self._parser
-        head = RequestHead(p.get_method(), self._url, p.get_http_version() == "1.1", self._headers)
+        head = RequestHead(p.get_method(), url, p.get_http_version() == "1.1", self._headers)
+        self._url = b""
+        self._headers = []
+        self._head_size = 0
         framing.analyze_request(head)
         self._sink.on_request_head(head)
 
@@ -100,7 +100,7 @@ class HttptoolsRequestParser:
         self._sink.on_request_end()
 
     def feed(self, data: bytes) -> None:
-        continued = self._in_head
+        continued = bool(self._url)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -111,7 +111,7 @@ class HttptoolsRequestParser:
             raise BadRequest(str(exc)) from None
         # A head still incomplete after a whole read is all head bytes: bound them here, since
         # llhttp itself has no header size limit and httptools buffers partial header values.
-        if continued and self._in_head:
+        if continued and self._url:
             self._head_size += len(data)
             if self._head_size > self._limit:
                 raise HeadersTooLarge(f"request head larger than {self._limit} bytes")

@@ -80,8 +80,8 @@ class ClientConnection(asyncio.Protocol):
         "_upstream",
         "_upstream_deadline",
         "_upstream_keep_alive",
-        "_wbuf",
         "transport",
+        "wbuf",
     )
 
     def __init__(self, ctx: RelayContext) -> None:
@@ -97,7 +97,7 @@ class ClientConnection(asyncio.Protocol):
         self._client_ip = b""
         self._replaying = False
         # Response bytes of one upstream read, written to the client in one send.
-        self._wbuf: list[bytes] = []
+        self.wbuf: list[bytes] = []
         self._connect_task: asyncio.Task[None] | None = None
         self._reset()
 
@@ -316,7 +316,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if head.status < 200:
             if head.status != 100 and request.http11:
-                self._wbuf.append(framing.interim_head_bytes(head))
+                self.wbuf.append(framing.interim_head_bytes(head))
             return
         self._upstream_keep_alive = head.keep_alive
         keep_alive = self._keep_alive and not self._closing
@@ -327,19 +327,19 @@ class ClientConnection(asyncio.Protocol):
             keep_alive = False
         self._keep_alive = keep_alive
         self._response_started = True
-        self._wbuf.append(data)
+        self.wbuf.append(data)
 
     def on_response_body(self, data: bytes) -> None:
         if self._route is not None:
             self._upstream_deadline.set_in(self._route.timeout)
         if self._resp_mode == BODY_CHUNKED:
-            self._wbuf.append(framing.encode_chunk(data))
+            self.wbuf.append(framing.encode_chunk(data))
         else:
-            self._wbuf.append(data)
+            self.wbuf.append(data)
 
     def flush(self) -> None:
         """Write what the last upstream read produced, in one send."""
-        wbuf = self._wbuf
+        wbuf = self.wbuf
         if not wbuf:
             return
         data = wbuf[0] if len(wbuf) == 1 else b"".join(wbuf)
@@ -349,7 +349,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_response_end(self) -> None:
         if self._resp_mode == BODY_CHUNKED:
-            self._wbuf.append(framing.LAST_CHUNK)
+            self.wbuf.append(framing.LAST_CHUNK)
         self.flush()
         upstream = self._upstream
         self._upstream = None
@@ -428,7 +428,8 @@ class ClientConnection(asyncio.Protocol):
             return
         self._reset()
         self._deadline.set_in(self._ctx.gateway.keepalive_timeout)
-        self._replay()
+        if self._pending:
+            self._replay()
 
     def _replay(self) -> None:
         """Serve requests that arrived pipelined behind the one just answered."""

@@ -32,6 +32,8 @@ class UpstreamClient(ResponseSink, Protocol):
     """What an upstream connection serves: the client connection. Its parser delivers response
     events to the client directly (one call less per event on the hot path)."""
 
+    wbuf: list[bytes]  # response bytes not yet written to the client
+
     def on_upstream_error(self, error: HTTPError) -> None: ...
     def flush(self) -> None: ...
     def pause_client_reading(self) -> None: ...
@@ -131,7 +133,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(exc)
             return
         self._feeding = False
-        client.flush()
+        if client.wbuf:  # skip the call in the common case: the response ended and was flushed
+            client.flush()
         released = self._released
         if released is not None:
             # Only now: a pooled connection handed to a pipelined request inside the feed
