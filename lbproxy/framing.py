@@ -82,6 +82,7 @@ class ResponseHead:
     (as Envoy does): httptools then skips a callback per response, and both engines agree."""
 
     __slots__ = (
+        "bodiless",
         "chunked",
         "content_length",
         "headers",
@@ -102,6 +103,8 @@ class ResponseHead:
         self.content_length = CLOSE_DELIMITED
         self.chunked = False
         self.keep_alive = http11
+        # HEAD, 1xx, 204, 304: no body whatever the headers say.
+        self.bodiless = False
 
 
 _COMMON_TOKENS = {
@@ -219,6 +222,7 @@ def analyze_response(head: ResponseHead, request_method: bytes) -> None:
     status = head.status
     if request_method == b"HEAD" or status < 200 or status in (204, 304):
         head.content_length = 0
+        head.bodiless = True
         # A HEAD answer's Content-Length describes the GET body: pass it on unchanged.
         if length is not None and request_method == b"HEAD" and status >= 200:
             kept.append((b"Content-Length", str(length).encode()))
@@ -239,7 +243,8 @@ def analyze_response(head: ResponseHead, request_method: bytes) -> None:
 
 
 def encode_chunk(data: bytes) -> bytes:
-    return b"%x\r\n%b\r\n" % (len(data), data)
+    # An empty chunk would be the last-chunk marker and end the body early.
+    return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
 
 
 LAST_CHUNK = b"0\r\n\r\n"
@@ -326,11 +331,9 @@ def response_head_bytes(
     status = head.status
     if head.content_length == 0 and not head.chunked:
         mode = BODY_NONE
-        framing = (
-            b""
-            if status < 200 or status in (204, 304) or _has_length(head)
-            else (b"Content-Length: 0\r\n")
-        )
+        # A bodiless answer (HEAD, 1xx, 204, 304) states no length of its own: for HEAD the
+        # upstream's Content-Length, if any, passed through with the end-to-end headers.
+        framing = b"" if head.bodiless else b"Content-Length: 0\r\n"
     elif head.content_length > 0 and not head.chunked:
         mode, framing = BODY_LENGTH, b"Content-Length: %d\r\n" % head.content_length
     elif client_http11:
@@ -346,10 +349,6 @@ def response_head_bytes(
         line = status_line(status, head.reason)
     lines = b"".join([b"%b: %b\r\n" % h for h in head.kept])
     return b"%b%b%b%b\r\n" % (line, lines, added, framing), mode
-
-
-def _has_length(head: ResponseHead) -> bool:
-    return any(n == b"Content-Length" for n, _ in head.kept)
 
 
 def interim_head_bytes(head: ResponseHead) -> bytes:
