@@ -67,6 +67,11 @@ class MethodNotAllowed(HTTPError):
         super().__init__(detail)
 
 
+class RequestTimeout(HTTPError):
+    status = 408
+    reason = "request_timeout"
+
+
 class PayloadTooLarge(HTTPError):
     status = 413
     reason = "body_too_large"

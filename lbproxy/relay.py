@@ -25,6 +25,7 @@ from lbproxy.errors import (
     GatewayTimeout,
     HTTPError,
     PayloadTooLarge,
+    RequestTimeout,
     ShuttingDown,
     UpstreamNotAuthorized,
 )
@@ -67,6 +68,7 @@ class ClientConnection(asyncio.Protocol):
         "_ctx",
         "_deadline",
         "_head",
+        "_head_started",
         "_keep_alive",
         "_parser",
         "_paused",
@@ -96,6 +98,7 @@ class ClientConnection(asyncio.Protocol):
         self._added_prefix = b""
         self._client_ip = b""
         self._replaying = False
+        self._head_started = False
         # Response bytes of one upstream read, written to the client in one send.
         self.wbuf: list[bytes] = []
         self._connect_task: asyncio.Task[None] | None = None
@@ -143,7 +146,10 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        if self._head is None and not self._pending:
+        if not self._head_started and self._head is None and not self._pending:
+            # The header timeout runs from a request's first byte; later bytes do not extend it
+            # (a client trickling bytes must not hold the connection forever).
+            self._head_started = True
             self._deadline.set_in(self._ctx.gateway.client_header_timeout)
         try:
             self._parser.feed(data)
@@ -213,6 +219,7 @@ class ClientConnection(asyncio.Protocol):
     def _start(self, head: RequestHead) -> None:
         ctx = self._ctx
         self._head = head
+        self._head_started = False
         self._keep_alive = head.keep_alive
         self._deadline.clear()
         try:
@@ -387,8 +394,13 @@ class ClientConnection(asyncio.Protocol):
         self._upstream_error(GatewayTimeout(f"no response within {timeout:g}s"))
 
     def _on_client_timeout(self) -> None:
-        if self._head is None and not self._pending:
-            self._close()
+        if self._head is not None or self._pending:
+            return
+        if self._head_started and self.transport is not None:
+            timeout = self._ctx.gateway.client_header_timeout
+            error = RequestTimeout(f"request head not received in {timeout:g}s")
+            self.transport.write(error_response(error, None, keep_alive=False))
+        self._close()
 
     # -- ending an exchange ---------------------------------------------------------------------
 

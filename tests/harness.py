@@ -199,6 +199,7 @@ def gateway_toml(
     weights: list[int] | None = None,
     extra_api: str = "",
     timeout: float = 5.0,
+    gateway_extra: str = "",
 ) -> str:
     """A config: backends behind an internal LB (weights), an API `/api/*` through it, and an
     API `/direct/*` straight to the first backend's instance."""
@@ -217,6 +218,7 @@ region = "test-region"
 listen = ["127.0.0.1:0"]
 http_parser = "{engine}"
 client_header_timeout = 2.0
+{gateway_extra}
 
 [[vpc]]
 id = "vpc-t"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -206,3 +207,40 @@ def test_expect_100_continue(gw: Gateway) -> None:
     assert response.status_code == 200 and json.loads(body)["body_size"] == 4
     assert "expect" not in dict(json.loads(body)["headers"])
     sock.close()
+
+
+def test_header_timeout_answers_408_and_closes(lt: LoopThread, backends: list[Backend]) -> None:
+    text = gateway_toml(backends, free_port(), gateway_extra="client_header_timeout = 0.6")
+    gateway = Gateway(lt, config_from(text.replace("client_header_timeout = 2.0\n", "")))
+    try:
+        sock = gateway.connect()
+        started = time.monotonic()
+        sock.sendall(b"GET /api/slow HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(4):  # trickled bytes must not extend the deadline
+            time.sleep(0.1)
+            sock.sendall(b"X-Trickle: 1\r\n")
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+        elapsed = time.monotonic() - started
+        assert raw.startswith(b"HTTP/1.1 408 ") and b"request_timeout" in raw
+        assert elapsed < 1.0, f"closed {elapsed:.2f}s after the first byte: the deadline moved"
+        assert all(not b.raw for b in backends)
+        sock.close()
+    finally:
+        gateway.stop()
+
+
+def test_idle_keep_alive_connection_is_closed(lt: LoopThread, backends: list[Backend]) -> None:
+    text = gateway_toml(backends, free_port(), gateway_extra="keepalive_timeout = 0.3")
+    gateway = Gateway(lt, config_from(text))
+    try:
+        client = Client(gateway.connect())
+        client.send(b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert client.response()[0].status_code == 200
+        started = time.monotonic()
+        assert client.sock.recv(1) == b""  # closed by the gateway, without a response
+        assert time.monotonic() - started < 5
+        client.close()
+    finally:
+        gateway.stop()
