@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -244,3 +245,27 @@ def test_idle_keep_alive_connection_is_closed(lt: LoopThread, backends: list[Bac
         client.close()
     finally:
         gateway.stop()
+
+
+def test_close_delimited_response_is_rechunked_for_http11(lt: LoopThread, engine: str) -> None:
+    async def until_close(seen: object, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil ")
+        await writer.drain()
+        writer.write(b"close")
+        return False  # the harness closes the connection: that ends the body
+
+    backend = Backend("a", handler=until_close)
+    lt.run(backend.start())
+    gateway = Gateway(lt, config_from(gateway_toml([backend], free_port(), engine)))
+    try:
+        client = Client(gateway.connect())
+        for _ in range(2):  # the client connection stays usable
+            client.send(b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n")
+            response, body = client.response()
+            assert body == b"until close"
+            assert header(response, "transfer-encoding") == "chunked"
+        client.close()
+        assert backend.connections == 2  # a close-delimited upstream is never reused
+    finally:
+        gateway.stop()
+        lt.run(backend.stop())
