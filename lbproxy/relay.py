@@ -272,8 +272,6 @@ class ClientConnection(asyncio.Protocol):
             )
         except HTTPError as exc:
             self._connect_task = None
-            if isinstance(exc, UpstreamNotAuthorized):
-                log.warning("refused upstream connect: %s", exc.detail)
             self._upstream_error(exc)
             return
         self._connect_task = None
@@ -406,6 +404,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _fail_request(self, error: HTTPError, close: bool) -> None:
         """Answer with the gateway's own error; close when the stream cannot be trusted."""
+        if isinstance(error, UpstreamNotAuthorized):
+            log.warning("authorization gate refused an upstream connect: %s", error.detail)
         upstream = self._upstream
         self._upstream = None
         if upstream is not None:

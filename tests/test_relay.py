@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import socket
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from lbproxy.authz import Endpoint
 from tests.harness import (
     Backend,
     Client,
@@ -269,3 +272,36 @@ def test_close_delimited_response_is_rechunked_for_http11(lt: LoopThread, engine
     finally:
         gateway.stop()
         lt.run(backend.stop())
+
+
+def test_load_balancer_listener_serves_clients_inside_the_vpc(
+    lt: LoopThread, backends: list[Backend], engine: str
+) -> None:
+    lb_port = free_port()
+    gateway = Gateway(lt, config_from(gateway_toml(backends, lb_port, engine, weights=[1, 1, 1])))
+    try:
+        for i in range(3):
+            client = Client(socket.create_connection(("127.0.0.1", lb_port), timeout=10))
+            client.send(b"GET /any/path/%d HTTP/1.1\r\nHost: lb.internal\r\n\r\n" % i)
+            response, body = client.response()
+            assert response.status_code == 200
+            assert json.loads(body)["target"] == f"/any/path/{i}"  # no API routing here
+            client.close()
+        assert [len(b.seen) for b in backends] == [1, 1, 1]
+        assert backends[0].seen[0].header("host") == "lb.internal"
+    finally:
+        gateway.stop()
+
+
+def test_gate_refusal_is_logged(
+    lt: LoopThread, gw: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    group = gw.runtime.routes.groups["authorization to-first"]
+    rogue = Endpoint("127.0.0.1", free_port(), 1, "rogue")
+    lt.call(lambda: setattr(group, "endpoints", (rogue,)))
+    with caplog.at_level(logging.WARNING, logger="lbproxy.relay"):
+        status, _, body = get(gw, "/direct/x")
+    assert status == 502 and json.loads(body)["error"] == "upstream_not_authorized"
+    assert any(
+        "gate refused" in r.getMessage() and str(rogue) in r.getMessage() for r in caplog.records
+    )
