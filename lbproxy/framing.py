@@ -133,7 +133,7 @@ def _parse_content_length(value: bytes, seen: int | None, error: type[Exception]
     return length
 
 
-def _parse_transfer_encoding(value: bytes, error: type[Exception]) -> None:
+def parse_transfer_encoding(value: bytes, error: type[Exception]) -> None:
     codings = [c.strip().lower() for c in value.split(b",")]
     if codings[-1] != b"chunked" or codings.count(b"chunked") != 1:
         raise error(f"Transfer-Encoding {value[:40]!r} does not end in exactly one chunked")
@@ -180,15 +180,7 @@ def analyze_request(head: RequestHead) -> None:
             head.request_id = value
         elif lname == b"upgrade":
             raise NotImplementedByGateway("protocol upgrades are not supported")
-    if te is not None:
-        if length is not None:
-            raise BadRequest("both Content-Length and Transfer-Encoding")
-        if not head.http11:
-            raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
-        _parse_transfer_encoding(te, BadRequest)
-        head.chunked = True
-    elif length is not None:
-        head.content_length = length
+    _decide_request_framing(head, te, length)
     if head.http11:
         head.keep_alive = b"close" not in connection
         if head.host is None:
@@ -197,6 +189,20 @@ def analyze_request(head: RequestHead) -> None:
         head.keep_alive = b"keep-alive" in connection and b"close" not in connection
     if connection - {b"close", b"keep-alive"}:
         head.kept = [(n, v) for n, v in kept if n.lower() not in connection]
+
+
+def _decide_request_framing(head: RequestHead, te: bytes | None, length: int | None) -> None:
+    if head.method == b"CONNECT":
+        raise NotImplementedByGateway("CONNECT is not supported")
+    if te is not None:
+        if length is not None:
+            raise BadRequest("both Content-Length and Transfer-Encoding")
+        if not head.http11:
+            raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
+        parse_transfer_encoding(te, BadRequest)
+        head.chunked = True
+    elif length is not None:
+        head.content_length = length
 
 
 def analyze_response(head: ResponseHead, request_method: bytes) -> None:
@@ -220,6 +226,9 @@ def analyze_response(head: ResponseHead, request_method: bytes) -> None:
     if te is not None and length is not None:
         raise UpstreamProtocolError("both Content-Length and Transfer-Encoding")
     status = head.status
+    if status == 101:
+        # lbproxy never forwards Upgrade, so nothing was asked to switch.
+        raise UpstreamProtocolError("101 Switching Protocols without an upgrade request")
     if request_method == b"HEAD" or status < 200 or status in (204, 304):
         head.content_length = 0
         head.bodiless = True

@@ -10,6 +10,7 @@ engines emit pipelined requests eagerly; the relay queues what it cannot serve y
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Protocol
 
 import h11
@@ -62,7 +63,7 @@ def _unwrap(exc: BaseException) -> BaseException:
 class HttptoolsRequestParser:
     # No on_message_begin: state is reset once a head is complete, which saves a callback per
     # request; a head is in progress exactly while ``_url`` holds bytes.
-    __slots__ = ("_head_size", "_headers", "_limit", "_parser", "_sink", "_url")
+    __slots__ = ("_head_reads", "_head_size", "_headers", "_limit", "_parser", "_sink", "_url")
 
     def __init__(self, sink: RequestSink, max_header_size: int) -> None:
         self._sink = sink
@@ -71,6 +72,7 @@ class HttptoolsRequestParser:
         self._url = b""
         self._headers: list[framing.Header] = []
         self._head_size = 0
+        self._head_reads = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -79,17 +81,22 @@ class HttptoolsRequestParser:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_size += len(name) + len(value) + 4
-        self._headers.append((name, value))
+        # llhttp drops leading OWS but keeps trailing OWS; neither is part of the value.
+        self._headers.append((name, value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         url = self._url
         if self._head_size + len(url) > self._limit:
             raise HeadersTooLarge(f"request head larger than {self._limit} bytes")
         p = self._parser
-        head = RequestHead(p.get_method(), url, p.get_http_version() == "1.1", self._headers)
+        version = p.get_http_version()
+        if version not in ("1.0", "1.1"):
+            raise BadRequest(f"HTTP/{version} is not supported")
+        head = RequestHead(p.get_method(), url, version == "1.1", self._headers)
         self._url = b""
         self._headers = []
         self._head_size = 0
+        self._head_reads = 0
         framing.analyze_request(head)
         self._sink.on_request_head(head)
 
@@ -112,8 +119,8 @@ class HttptoolsRequestParser:
         # A head still incomplete after a whole read is all head bytes: bound them here, since
         # llhttp itself has no header size limit and httptools buffers partial header values.
         if continued and self._url:
-            self._head_size += len(data)
-            if self._head_size > self._limit:
+            self._head_reads += len(data)
+            if self._head_reads > self._limit:
                 raise HeadersTooLarge(f"request head larger than {self._limit} bytes")
 
 
@@ -156,11 +163,14 @@ class HttptoolsResponseParser:
         self._reason = b""
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        self._headers.append((name, value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         p = self._parser
-        head = ResponseHead(p.get_status_code(), b"", p.get_http_version() == "1.1", self._headers)
+        status = p.get_status_code()
+        if status < 100:
+            raise UpstreamProtocolError(f"invalid status code {status}")
+        head = ResponseHead(status, b"", p.get_http_version() == "1.1", self._headers)
         framing.analyze_response(head, self._method)
         self._close_delimited = head.content_length == CLOSE_DELIMITED and not head.chunked
         self._sink.on_response_head(head)
@@ -185,10 +195,14 @@ class HttptoolsResponseParser:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             raise _unwrap(exc) from None
+        except httptools.HttpParserUpgrade:
+            raise UpstreamProtocolError("unexpected protocol switch") from None
         except httptools.HttpParserError as exc:
             raise UpstreamProtocolError(str(exc)) from None
 
     def feed_eof(self) -> None:
+        if not self._expecting:
+            return  # the response ended before the connection did
         if not self._close_delimited:
             raise UpstreamClosed("upstream closed the connection before the response ended")
         self._close_delimited = False
@@ -202,22 +216,54 @@ def _h11_error(exc: h11.RemoteProtocolError) -> HTTPError:
     return BadRequest(str(exc))
 
 
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+_FIELD_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _check_raw_head(buffer: bytes, error: type[HTTPError]) -> None:
+    """Judge what h11 would normalise away (obs-fold, bare LF, repeated or listed
+    Content-Length, CTLs) on the raw head, as llhttp does, so both engines give one verdict."""
+    end = _BLANK_LINE.search(buffer)
+    if end is None:
+        return
+    raw = buffer[: end.end()]
+    if raw.count(b"\n") != raw.count(b"\r\n"):
+        raise error("bare LF line ending")
+    lengths = 0
+    for line in raw[:-4].split(b"\r\n")[1:]:
+        if line[:1] in (b" ", b"\t"):
+            raise error("obsolete line folding")
+        if _FIELD_CTL.search(line):
+            raise error("control character in a header field")
+        name, _, value = line.partition(b":")
+        name = name.lower()
+        if name == b"content-length":
+            lengths += 1
+            if lengths > 1 or b"," in value:
+                raise error("more than one Content-Length")
+        elif name == b"transfer-encoding" and error is BadRequest:
+            framing.parse_transfer_encoding(value.strip(), BadRequest)
+
+
 def _h11_headers(headers: h11._headers.Headers) -> list[framing.Header]:
     return headers.raw_items()
 
 
 class H11RequestParser:
-    __slots__ = ("_conn", "_limit", "_sink")
+    __slots__ = ("_conn", "_keep_alive", "_limit", "_sink")
 
     def __init__(self, sink: RequestSink, max_header_size: int) -> None:
         self._sink = sink
         self._limit = max_header_size
+        self._keep_alive = True
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_size)
 
     def feed(self, data: bytes) -> None:
-        conn = self._conn
-        conn.receive_data(data)
+        self._conn.receive_data(data)
         while True:
+            conn = self._conn  # _next_cycle may replace it
+            if conn.their_state is h11.IDLE:
+                _check_raw_head(conn.trailing_data[0], BadRequest)
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
@@ -229,6 +275,8 @@ class H11RequestParser:
                 size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
                 if size > self._limit:
                     raise HeadersTooLarge(f"request head larger than {self._limit} bytes")
+                if event.http_version not in (b"1.0", b"1.1"):
+                    raise BadRequest(f"HTTP/{event.http_version.decode()} is not supported")
                 head = RequestHead(
                     event.method,
                     event.target,
@@ -236,6 +284,7 @@ class H11RequestParser:
                     _h11_headers(event.headers),
                 )
                 framing.analyze_request(head)
+                self._keep_alive = head.keep_alive
                 self._sink.on_request_head(head)
             elif isinstance(event, h11.Data):
                 self._sink.on_request_body(bytes(event.data))
@@ -254,6 +303,13 @@ class H11RequestParser:
             conn.send(h11.EndOfMessage())
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
+        elif self._keep_alive and conn.their_state is h11.MUST_CLOSE:
+            # h11 has no HTTP/1.0 keep-alive; framing said the connection persists, so go on
+            # with a fresh h11 connection holding the bytes already received.
+            self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._limit)
+            pending = conn.trailing_data[0]
+            if pending:  # receive_data(b"") would mean EOF
+                self._conn.receive_data(pending)
 
 
 class H11ResponseParser:
@@ -277,6 +333,8 @@ class H11ResponseParser:
         conn.send(h11.EndOfMessage())
 
     def feed(self, data: bytes) -> None:
+        if self._done and data:
+            raise UpstreamProtocolError("upstream sent more than the response asked for")
         self._conn.receive_data(data)
         self._drain()
 
@@ -290,6 +348,8 @@ class H11ResponseParser:
     def _drain(self) -> None:
         conn = self._conn
         while True:
+            if conn.their_state is h11.SEND_RESPONSE:
+                _check_raw_head(conn.trailing_data[0], UpstreamProtocolError)
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:

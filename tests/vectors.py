@@ -1,0 +1,691 @@
+"""Engine-neutral HTTP/1.1 parser vectors, shared by both engines' tests.
+
+A request vector is raw bytes and the events a ``RequestSink`` must see; a response vector is a
+script of ``expect``/``feed``/``eof`` steps and the events a ``ResponseSink`` must see. Bodies
+are stated once (the tests join consecutive chunks); an error vector states the events emitted
+before the error, then the error class.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from lbproxy.errors import (
+    BadRequest,
+    HeadersTooLarge,
+    NotImplementedByGateway,
+    UpstreamClosed,
+    UpstreamProtocolError,
+)
+from lbproxy.framing import CLOSE_DELIMITED
+
+LIMIT = 65536
+Header = tuple[bytes, bytes]
+Event = tuple[object, ...]
+
+
+def hdrs(*lines: str) -> tuple[Header, ...]:
+    """``"Name: value"`` lines as the header list a head should carry, names lowercased."""
+    pairs = (line.split(":", 1) for line in lines)
+    return tuple((n.strip().lower().encode(), v.strip().encode("latin-1")) for n, v in pairs)
+
+
+# -- request side ----------------------------------------------------------------------------
+
+
+class ReqHead(NamedTuple):
+    method: bytes
+    target: bytes
+    http11: bool
+    content_length: int
+    chunked: bool
+    keep_alive: bool
+    host: bytes | None
+    expect_continue: bool
+    headers: tuple[Header, ...]
+
+
+def req(
+    method: bytes = b"GET",
+    target: bytes = b"/",
+    headers: tuple[Header, ...] = hdrs("Host: a"),
+    *,
+    http11: bool = True,
+    length: int = 0,
+    chunked: bool = False,
+    keep_alive: bool | None = None,
+    host: bytes | None = b"a",
+    expect: bool = False,
+) -> Event:
+    alive = http11 if keep_alive is None else keep_alive
+    return ("head", ReqHead(method, target, http11, length, chunked, alive, host, expect, headers))
+
+
+def body(data: bytes) -> Event:
+    return ("body", data)
+
+
+END: Event = ("end",)
+
+
+class RequestVector(NamedTuple):
+    id: str
+    raw: bytes
+    events: tuple[Event, ...]
+    error: type[Exception] | None = None
+    limit: int = LIMIT
+
+
+def ok(id: str, raw: bytes, *events: Event) -> RequestVector:
+    return RequestVector(id, raw, events)
+
+
+def bad(
+    id: str, raw: bytes, error: type[Exception], *events: Event, limit: int = LIMIT
+) -> RequestVector:
+    return RequestVector(id, raw, events, error, limit)
+
+
+_CHUNKED = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+_CHUNKED_HEAD = req(b"POST", headers=hdrs("Host: a", "Transfer-Encoding: chunked"), chunked=True)
+
+
+def _post_with(*lines: str, data: bytes = b"ab") -> bytes:
+    fields = b"".join(line.encode("latin-1") + b"\r\n" for line in lines)
+    return b"POST / HTTP/1.1\r\nHost: a\r\n" + fields + b"\r\n" + data
+
+
+def get_with(*lines: str) -> bytes:
+    fields = b"".join(line.encode("latin-1") + b"\r\n" for line in lines)
+    return b"GET / HTTP/1.1\r\n" + fields + b"\r\n"
+
+
+REQUESTS = (
+    ok(
+        "get",
+        b"GET /p?q=1 HTTP/1.1\r\nHost: a\r\nUser-Agent: t\r\n\r\n",
+        req(target=b"/p?q=1", headers=hdrs("Host: a", "User-Agent: t")),
+        END,
+    ),
+    ok(
+        "get-absolute-form",
+        get_with("Host: a").replace(b"/", b"http://x/y", 1),
+        req(target=b"http://x/y"),
+        END,
+    ),
+    ok("options-asterisk", b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", req(b"OPTIONS", b"*"), END),
+    ok("head-method", b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n", req(b"HEAD"), END),
+    ok("empty-host", get_with("Host:"), req(headers=hdrs("Host:"), host=b""), END),
+    ok(
+        "obs-text-value",
+        get_with("Host: a", "X-A: b\xe9c"),
+        req(headers=hdrs("Host: a", "X-A: b\xe9c")),
+        END,
+    ),
+    ok("http10", b"GET / HTTP/1.0\r\n\r\n", req(headers=(), http11=False, host=None), END),
+    ok(
+        "http10-keep-alive",
+        b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        req(headers=hdrs("Connection: keep-alive"), http11=False, keep_alive=True, host=None),
+        END,
+    ),
+    ok(
+        "http10-keep-alive-reused",
+        b"GET /1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /2 HTTP/1.0\r\n\r\n",
+        req(
+            target=b"/1",
+            headers=hdrs("Connection: keep-alive"),
+            http11=False,
+            keep_alive=True,
+            host=None,
+        ),
+        END,
+        req(target=b"/2", headers=(), http11=False, host=None),
+        END,
+    ),
+    ok(
+        "connection-close",
+        get_with("Host: a", "Connection: close"),
+        req(headers=hdrs("Host: a", "Connection: close"), keep_alive=False),
+        END,
+    ),
+    ok(
+        "connection-close-in-list",
+        get_with("Host: a", "Connection: Keep-Alive, CLOSE"),
+        req(headers=hdrs("Host: a", "Connection: Keep-Alive, CLOSE"), keep_alive=False),
+        END,
+    ),
+    ok(
+        "connection-names-header",
+        get_with("Host: a", "Connection: x-foo", "X-Foo: 1"),
+        req(headers=hdrs("Host: a", "Connection: x-foo", "X-Foo: 1")),
+        END,
+    ),
+    ok(
+        "post-content-length",
+        _post_with("Content-Length: 5", data=b"hello"),
+        req(b"POST", headers=hdrs("Host: a", "Content-Length: 5"), length=5),
+        body(b"hello"),
+        END,
+    ),
+    ok(
+        "post-content-length-zero",
+        _post_with("Content-Length: 0", data=b""),
+        req(b"POST", headers=hdrs("Host: a", "Content-Length: 0")),
+        END,
+    ),
+    # OWS around a field value is not part of it (RFC 9110 5.5), whatever the engine.
+    ok(
+        "trailing-ows-stripped",
+        b"POST / HTTP/1.1\r\nHost: a \r\nContent-Length:  2 \r\n\r\nab",
+        req(b"POST", headers=hdrs("Host: a", "Content-Length: 2"), length=2),
+        body(b"ab"),
+        END,
+    ),
+    ok(
+        "get-with-body",
+        get_with("Host: a", "Content-Length: 2") + b"ab",
+        req(headers=hdrs("Host: a", "Content-Length: 2"), length=2),
+        body(b"ab"),
+        END,
+    ),
+    ok(
+        "chunked-with-extensions",
+        _CHUNKED + b'3;a=b;c\r\nabc\r\n2;q="x;y"\r\nde\r\nA\r\n0123456789\r\n0;z\r\n\r\n',
+        _CHUNKED_HEAD,
+        body(b"abcde0123456789"),
+        END,
+    ),
+    ok(
+        "chunked-with-trailer",
+        _CHUNKED + b"3\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n",
+        _CHUNKED_HEAD,
+        body(b"abc"),
+        END,
+    ),
+    ok("chunked-empty", _CHUNKED + b"0\r\n\r\n", _CHUNKED_HEAD, END),
+    ok(
+        "pipelined",
+        b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nab"
+        b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n"
+        b"GET /d HTTP/1.1\r\nHost: a\r\n\r\n",
+        req(target=b"/a"),
+        END,
+        req(b"POST", b"/b", hdrs("Host: a", "Content-Length: 2"), length=2),
+        body(b"ab"),
+        END,
+        req(b"POST", b"/c", hdrs("Host: a", "Transfer-Encoding: chunked"), chunked=True),
+        body(b"x"),
+        END,
+        req(target=b"/d"),
+        END,
+    ),
+    ok(
+        "expect-100-continue",
+        _post_with("Expect: 100-continue", "Content-Length: 2"),
+        req(
+            b"POST",
+            headers=hdrs("Host: a", "Expect: 100-continue", "Content-Length: 2"),
+            length=2,
+            expect=True,
+        ),
+        body(b"ab"),
+        END,
+    ),
+    ok(
+        "expect-100-continue-http10-ignored",
+        b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nab",
+        req(
+            b"POST",
+            headers=hdrs("Expect: 100-continue", "Content-Length: 2"),
+            http11=False,
+            length=2,
+            host=None,
+        ),
+        body(b"ab"),
+        END,
+    ),
+    bad("expect-unknown", _post_with("Expect: foo", "Content-Length: 0", data=b""), BadRequest),
+    # Framing ambiguities (RFC 9112 6.3): refused before any event, whatever the engine.
+    bad(
+        "cl-and-te",
+        _post_with("Content-Length: 3", "Transfer-Encoding: chunked", data=b"0\r\n\r\n"),
+        BadRequest,
+    ),
+    bad("cl-twice-differing", _post_with("Content-Length: 2", "Content-Length: 3"), BadRequest),
+    bad("cl-twice-equal", _post_with("Content-Length: 2", "Content-Length: 2"), BadRequest),
+    bad("cl-list-equal", _post_with("Content-Length: 2, 2"), BadRequest),
+    bad("cl-list-differing", _post_with("Content-Length: 2,3"), BadRequest),
+    bad("cl-plus-sign", _post_with("Content-Length: +2"), BadRequest),
+    bad("cl-minus-sign", _post_with("Content-Length: -2"), BadRequest),
+    bad("cl-inner-space", _post_with("Content-Length: 1 2"), BadRequest),
+    bad("cl-hex", _post_with("Content-Length: 0x2"), BadRequest),
+    bad("cl-empty", _post_with("Content-Length:"), BadRequest),
+    bad("cl-overflow", _post_with("Content-Length: 99999999999999999999"), BadRequest),
+    bad("te-not-chunked", _post_with("Transfer-Encoding: gzip"), BadRequest),
+    bad("te-chunked-not-last", _post_with("Transfer-Encoding: chunked, gzip"), BadRequest),
+    bad("te-chunked-twice", _post_with("Transfer-Encoding: chunked, chunked"), BadRequest),
+    bad(
+        "te-two-headers",
+        _post_with("Transfer-Encoding: chunked", "Transfer-Encoding: chunked", data=b"0\r\n\r\n"),
+        BadRequest,
+    ),
+    bad(
+        "te-unknown-coding-then-chunked",
+        _post_with("Transfer-Encoding: gzip, chunked", data=b"0\r\n\r\n"),
+        NotImplementedByGateway,
+    ),
+    bad(
+        "te-in-http10",
+        b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        BadRequest,
+    ),
+    # Host (RFC 9112 3.2).
+    bad("host-missing-http11", b"GET / HTTP/1.1\r\n\r\n", BadRequest),
+    bad("host-twice", get_with("Host: a", "Host: b"), BadRequest),
+    bad("host-twice-same", get_with("Host: a", "Host: a"), BadRequest),
+    # Field syntax (RFC 9112 5).
+    bad("obs-fold", get_with("Host: a", "X-A: b", " c"), BadRequest),
+    bad("obs-fold-tab", get_with("Host: a", "X-A: b", "\tc"), BadRequest),
+    bad("whitespace-before-first-field", get_with(" Host: a"), BadRequest),
+    bad("space-before-colon", get_with("Host : a"), BadRequest),
+    bad("space-in-name", get_with("Host: a", "X A: b"), BadRequest),
+    bad("no-colon", get_with("Host: a", "XA"), BadRequest),
+    bad("empty-name", get_with("Host: a", ": b"), BadRequest),
+    bad("nul-in-value", get_with("Host: a", "X-A: b\x00c"), BadRequest),
+    bad("cr-in-value", get_with("Host: a", "X-A: b\rc"), BadRequest),
+    bad("ctl-in-value", get_with("Host: a", "X-A: b\x01c"), BadRequest),
+    bad("bare-lf-line-ends", b"GET / HTTP/1.1\nHost: a\n\n", BadRequest),
+    # Request line (RFC 9112 3).
+    bad("request-line-garbage", b"GARBAGE\r\n\r\n", BadRequest),
+    bad("request-line-space-in-target", get_with("Host: a").replace(b"/", b"/a b", 1), BadRequest),
+    bad("request-line-ctl-in-target", get_with("Host: a").replace(b"/", b"/\x01", 1), BadRequest),
+    bad("request-line-no-version", b"GET /\r\nHost: a\r\n\r\n", BadRequest),
+    bad("request-line-http20", b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", BadRequest),
+    bad("h2-prior-knowledge-preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", BadRequest),
+    # Head size: a small limit, a head well over it.
+    bad(
+        "head-too-large-field",
+        get_with("Host: a", "X-Big: " + "x" * 300),
+        HeadersTooLarge,
+        limit=128,
+    ),
+    bad(
+        "head-too-large-target",
+        get_with("Host: a").replace(b"/", b"/" + b"t" * 300, 1),
+        HeadersTooLarge,
+        limit=128,
+    ),
+    # What the gateway does not do (501).
+    bad(
+        "upgrade-websocket",
+        get_with("Host: a", "Connection: Upgrade", "Upgrade: websocket"),
+        NotImplementedByGateway,
+    ),
+    bad(
+        "upgrade-without-connection",
+        get_with("Host: a", "Upgrade: websocket"),
+        NotImplementedByGateway,
+    ),
+    bad(
+        "upgrade-h2c",
+        get_with(
+            "Host: a",
+            "Connection: Upgrade, HTTP2-Settings",
+            "Upgrade: h2c",
+            "HTTP2-Settings: AAMAAABkAAQAAP__",
+        ),
+        NotImplementedByGateway,
+    ),
+    bad("connect", b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", NotImplementedByGateway),
+    # Chunked body syntax (RFC 9112 7.1): the head went out, the body fails.
+    bad("chunk-size-not-hex", _CHUNKED + b"z\r\nabc\r\n0\r\n\r\n", BadRequest, _CHUNKED_HEAD),
+    bad("chunk-size-0x", _CHUNKED + b"0x3\r\nabc\r\n0\r\n\r\n", BadRequest, _CHUNKED_HEAD),
+    bad("chunk-size-negative", _CHUNKED + b"-3\r\nabc\r\n0\r\n\r\n", BadRequest, _CHUNKED_HEAD),
+    bad(
+        "chunk-data-overrun",
+        _CHUNKED + b"3\r\nabcX\r\n0\r\n\r\n",
+        BadRequest,
+        _CHUNKED_HEAD,
+        body(b"abc"),
+    ),
+    # After a request that ends the connection, or a good request, more bytes are judged too.
+    bad(
+        "bytes-after-connection-close",
+        get_with("Host: a", "Connection: close") * 2,
+        BadRequest,
+        req(headers=hdrs("Host: a", "Connection: close"), keep_alive=False),
+        END,
+    ),
+    bad(
+        "bytes-after-http10",
+        b"GET / HTTP/1.0\r\n\r\n" * 2,
+        BadRequest,
+        req(headers=(), http11=False, host=None),
+        END,
+    ),
+    bad(
+        "pipelined-second-bad",
+        get_with("Host: a") + b"GET / HTTP/1.1\r\n\r\n",
+        BadRequest,
+        req(),
+        END,
+    ),
+)
+
+
+# -- response side ---------------------------------------------------------------------------
+
+
+class RespHead(NamedTuple):
+    status: int
+    http11: bool
+    content_length: int
+    chunked: bool
+    keep_alive: bool
+    kept: tuple[Header, ...]
+
+
+def resp(
+    status: int = 200,
+    kept: tuple[Header, ...] = (),
+    *,
+    length: int = CLOSE_DELIMITED,
+    chunked: bool = False,
+    http11: bool = True,
+    keep_alive: bool = True,
+) -> Event:
+    return ("head", RespHead(status, http11, length, chunked, keep_alive, kept))
+
+
+Step = tuple[str, bytes]
+EOF: Step = ("eof", b"")
+
+
+def expect(method: bytes = b"GET") -> Step:
+    return ("expect", method)
+
+
+def feed(data: bytes) -> Step:
+    return ("feed", data)
+
+
+class ResponseVector(NamedTuple):
+    id: str
+    steps: tuple[Step, ...]
+    events: tuple[Event, ...]
+    error: type[Exception] | None = None
+
+
+def rok(id: str, steps: tuple[Step, ...], *events: Event) -> ResponseVector:
+    return ResponseVector(id, steps, events)
+
+
+def rbad(
+    id: str, steps: tuple[Step, ...], error: type[Exception], *events: Event
+) -> ResponseVector:
+    return ResponseVector(id, steps, events, error)
+
+
+def get(data: bytes, *more: Step) -> tuple[Step, ...]:
+    return (expect(), feed(data), *more)
+
+
+_OK_HI = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+_OK_HI_HEAD = resp(length=2)
+
+RESPONSES = (
+    rok(
+        "content-length",
+        get(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello"),
+        resp(kept=hdrs("X-A: 1"), length=5),
+        body(b"hello"),
+        END,
+    ),
+    rok(
+        "content-length-zero",
+        get(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+        resp(length=0),
+        END,
+    ),
+    rok(
+        "no-reason-phrase",
+        get(b"HTTP/1.1 200 \r\nContent-Length: 0\r\n\r\n"),
+        resp(length=0),
+        END,
+    ),
+    rok(
+        "chunked",
+        get(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5;x=y\r\nhello\r\n1\r\n!\r\n0\r\nX-Trailer: 1\r\n\r\n"
+        ),
+        resp(chunked=True),
+        body(b"hello!"),
+        END,
+    ),
+    rok(
+        "close-delimited",
+        get(b"HTTP/1.1 200 OK\r\n\r\nhello", feed(b" world"), EOF),
+        resp(keep_alive=False),
+        body(b"hello world"),
+        END,
+    ),
+    rok(
+        "close-delimited-http10",
+        get(b"HTTP/1.0 200 OK\r\n\r\nhello", EOF),
+        resp(http11=False, keep_alive=False),
+        body(b"hello"),
+        END,
+    ),
+    rok(
+        "http10-keep-alive",
+        get(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nhi"),
+        resp(length=2, http11=False),
+        body(b"hi"),
+        END,
+    ),
+    rok(
+        "connection-close",
+        get(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi"),
+        resp(length=2, keep_alive=False),
+        body(b"hi"),
+        END,
+    ),
+    # A HEAD answer has no body; its Content-Length describes the GET body and passes on.
+    rok(
+        "head-content-length",
+        (expect(b"HEAD"), feed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")),
+        resp(kept=hdrs("Content-Length: 10"), length=0),
+        END,
+    ),
+    rok(
+        "head-chunked",
+        (expect(b"HEAD"), feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")),
+        resp(length=0),
+        END,
+    ),
+    rok(
+        "head-then-get-reused",
+        (
+            expect(b"HEAD"),
+            feed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"),
+            expect(),
+            feed(_OK_HI),
+        ),
+        resp(kept=hdrs("Content-Length: 10"), length=0),
+        END,
+        _OK_HI_HEAD,
+        body(b"hi"),
+        END,
+    ),
+    rok(
+        "no-content-204",
+        get(b"HTTP/1.1 204 No Content\r\n\r\n"),
+        resp(204, length=0),
+        END,
+    ),
+    rok(
+        "no-content-204-with-length-0",
+        get(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"),
+        resp(204, length=0),
+        END,
+    ),
+    rok(
+        "not-modified-304-then-reused",
+        get(
+            b'HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\nETag: "x"\r\n\r\n',
+            expect(),
+            feed(_OK_HI),
+        ),
+        resp(304, hdrs('ETag: "x"'), length=0),
+        END,
+        _OK_HI_HEAD,
+        body(b"hi"),
+        END,
+    ),
+    rok(
+        "continue-100-then-final",
+        (expect(b"POST"), feed(b"HTTP/1.1 100 Continue\r\n\r\n" + _OK_HI)),
+        resp(100, length=0),
+        _OK_HI_HEAD,
+        body(b"hi"),
+        END,
+    ),
+    rok(
+        "continue-100-in-its-own-read",
+        (expect(b"POST"), feed(b"HTTP/1.1 100 Continue\r\n\r\n"), feed(_OK_HI)),
+        resp(100, length=0),
+        _OK_HI_HEAD,
+        body(b"hi"),
+        END,
+    ),
+    rok(
+        "early-hints-103-then-final",
+        get(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n" + _OK_HI),
+        resp(103, hdrs("Link: </s.css>"), length=0),
+        _OK_HI_HEAD,
+        body(b"hi"),
+        END,
+    ),
+    rok(
+        "two-responses-in-sequence",
+        get(
+            _OK_HI,
+            expect(),
+            feed(b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nyo\r\n0\r\n\r\n"),
+        ),
+        _OK_HI_HEAD,
+        body(b"hi"),
+        END,
+        resp(201, chunked=True),
+        body(b"yo"),
+        END,
+    ),
+    rok("eof-after-complete-response", get(_OK_HI, EOF), _OK_HI_HEAD, body(b"hi"), END),
+    rok(
+        "trailing-ows-stripped",
+        get(b"HTTP/1.1 200 OK\r\nContent-Length: 2 \r\nX-A: b \r\n\r\nhi"),
+        resp(kept=hdrs("X-A: b"), length=2),
+        body(b"hi"),
+        END,
+    ),
+    rbad("status-not-numeric", get(b"HTTP/1.1 2x0 OK\r\n\r\n"), UpstreamProtocolError),
+    rbad("status-line-garbage", get(b"garbage\r\n\r\n"), UpstreamProtocolError),
+    rbad(
+        "status-below-100",
+        get(b"HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n"),
+        UpstreamProtocolError,
+    ),
+    rbad(
+        "status-four-digits",
+        get(b"HTTP/1.1 1000 Odd\r\nContent-Length: 0\r\n\r\n"),
+        UpstreamProtocolError,
+    ),
+    # lbproxy never asks for an upgrade, so a 101 is a protocol error.
+    rbad(
+        "switching-protocols-101-unasked",
+        get(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n"),
+        UpstreamProtocolError,
+    ),
+    rbad(
+        "cl-and-te",
+        get(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        UpstreamProtocolError,
+    ),
+    rbad(
+        "cl-twice-equal",
+        get(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi"),
+        UpstreamProtocolError,
+    ),
+    rbad(
+        "cl-not-a-number",
+        get(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\nhi"),
+        UpstreamProtocolError,
+    ),
+    rbad(
+        "te-not-chunked",
+        get(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nhi", EOF),
+        UpstreamProtocolError,
+    ),
+    rbad(
+        "te-gzip-chunked",
+        get(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"),
+        UpstreamProtocolError,
+    ),
+    rbad(
+        "obs-fold",
+        get(b"HTTP/1.1 200 OK\r\nX-A: b\r\n c\r\nContent-Length: 0\r\n\r\n"),
+        UpstreamProtocolError,
+    ),
+    rbad(
+        "bare-lf-line-ends", get(b"HTTP/1.1 200 OK\nContent-Length: 2\n\nhi"), UpstreamProtocolError
+    ),
+    rbad(
+        "chunk-size-not-hex",
+        get(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nz\r\nhi\r\n0\r\n\r\n"),
+        UpstreamProtocolError,
+        resp(chunked=True),
+    ),
+    # Bytes after the response that was asked for would be read as the next exchange's answer.
+    rbad(
+        "second-response-unasked",
+        get(_OK_HI + _OK_HI),
+        UpstreamProtocolError,
+        _OK_HI_HEAD,
+        body(b"hi"),
+        END,
+    ),
+    rbad(
+        "bytes-after-response-later-read",
+        get(_OK_HI, feed(b"HTTP/1.1 200 OK\r\n")),
+        UpstreamProtocolError,
+        _OK_HI_HEAD,
+        body(b"hi"),
+        END,
+    ),
+    rbad("response-before-any-request", (feed(_OK_HI),), UpstreamProtocolError),
+    rbad("eof-before-response", (expect(), EOF), UpstreamClosed),
+    rbad("eof-in-head", get(b"HTTP/1.1 200 OK\r\nContent-Le", EOF), UpstreamClosed),
+    rbad(
+        "eof-after-interim",
+        get(b"HTTP/1.1 100 Continue\r\n\r\n", EOF),
+        UpstreamClosed,
+        resp(100, length=0),
+    ),
+    rbad(
+        "eof-in-content-length-body",
+        get(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe", EOF),
+        UpstreamClosed,
+        resp(length=5),
+        body(b"he"),
+    ),
+    rbad(
+        "eof-in-chunked-body",
+        get(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhe", EOF),
+        UpstreamClosed,
+        resp(chunked=True),
+        body(b"he"),
+    ),
+)
