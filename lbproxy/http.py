@@ -81,6 +81,12 @@ class HttptoolsRequestParser:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_size += len(name) + len(value) + 4
+        if not self._url:
+            # A chunked body's trailer fields: bounded like a head, then dropped (lbproxy does
+            # not forward trailers), so they can never become the next request's headers.
+            if self._head_size > self._limit:
+                raise HeadersTooLarge(f"trailer fields larger than {self._limit} bytes")
+            return
         # llhttp drops leading OWS but keeps trailing OWS; neither is part of the value.
         self._headers.append((name, value.rstrip(b" \t")))
 
@@ -104,6 +110,7 @@ class HttptoolsRequestParser:
         self._sink.on_request_body(body)
 
     def on_message_complete(self) -> None:
+        self._head_size = 0
         self._sink.on_request_end()
 
     def feed(self, data: bytes) -> None:

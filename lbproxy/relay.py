@@ -46,6 +46,8 @@ _PAUSE_UPSTREAM_FULL = 2
 _PAUSE_CONNECTING = 4
 _CONNECT_BUFFER_LIMIT = 256 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Kinds of queued parser events (requests pipelined behind the exchange in flight).
+_HEAD, _BODY, _END, _ERROR = 0, 1, 2, 3
 
 
 _REQUEST_ID_PREFIX = os.urandom(6).hex().encode()
@@ -69,6 +71,7 @@ class ClientConnection(asyncio.Protocol):
         "_deadline",
         "_head",
         "_head_started",
+        "_input_broken",
         "_keep_alive",
         "_parser",
         "_paused",
@@ -82,6 +85,7 @@ class ClientConnection(asyncio.Protocol):
         "_upstream",
         "_upstream_deadline",
         "_upstream_keep_alive",
+        "_write_paused",
         "transport",
         "wbuf",
     )
@@ -99,6 +103,8 @@ class ClientConnection(asyncio.Protocol):
         self._client_ip = b""
         self._replaying = False
         self._head_started = False
+        self._input_broken = False
+        self._write_paused = False
         # Response bytes of one upstream read, written to the client in one send.
         self.wbuf: list[bytes] = []
         self._connect_task: asyncio.Task[None] | None = None
@@ -144,7 +150,7 @@ class ClientConnection(asyncio.Protocol):
         self._pending.clear()
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
+        if self._closing or self._input_broken:
             return
         if not self._head_started and self._head is None and not self._pending:
             # The header timeout runs from a request's first byte; later bytes do not extend it
@@ -154,7 +160,13 @@ class ClientConnection(asyncio.Protocol):
         try:
             self._parser.feed(data)
         except HTTPError as exc:
-            self._fail_request(exc, close=True)
+            if self._head is not None or self._pending:
+                # Behind an exchange in flight: answered in its turn, never in that one's place.
+                self._input_broken = True
+                self._pending.append((_ERROR, exc))
+                self._pause(_PAUSE_PIPELINE)
+            else:
+                self._fail_request(exc, close=True)
 
     def eof_received(self) -> bool | None:
         # A half-close after a complete request still gets its answer (RFC 9112 9.6).
@@ -164,12 +176,24 @@ class ClientConnection(asyncio.Protocol):
         return True
 
     def pause_writing(self) -> None:
+        # Remembered: an upstream attached later (next exchange) must start paused too.
+        self._write_paused = True
+        self._upstream_deadline.clear()  # a slow client is not a slow upstream
         if self._upstream is not None and self._upstream.transport is not None:
             self._upstream.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._route is not None and self._head is not None:
+            self._upstream_deadline.set_in(self._route.timeout)
         if self._upstream is not None and self._upstream.transport is not None:
             self._upstream.transport.resume_reading()
+
+    def _attach(self, upstream: UpstreamConnection, method: bytes, data: bytes) -> None:
+        self._upstream = upstream
+        if self._write_paused and upstream.transport is not None:
+            upstream.transport.pause_reading()
+        upstream.send(self, method, data)
 
     # -- read pausing (flow control) --------------------------------------------------------
 
@@ -197,20 +221,20 @@ class ClientConnection(asyncio.Protocol):
         if self._closing:
             return
         if self._head is not None or self._pending:
-            self._pending.append((0, head))
+            self._pending.append((_HEAD, head))
             self._pause(_PAUSE_PIPELINE)
             return
         self._start(head)
 
     def on_request_body(self, data: bytes) -> None:
         if self._pending:
-            self._pending.append((1, data))
+            self._pending.append((_BODY, data))
         elif not self._closing:
             self._forward_body(data)
 
     def on_request_end(self) -> None:
         if self._pending:
-            self._pending.append((2, None))
+            self._pending.append((_END, None))
         elif not self._closing:
             self._end_request()
 
@@ -254,8 +278,7 @@ class ClientConnection(asyncio.Protocol):
         data = framing.request_head_bytes(head, route.host, added)
         self._upstream_deadline.set_in(route.timeout)
         if upstream is not None:
-            self._upstream = upstream  # type: ignore[assignment]
-            self._upstream.send(self, head.method, data)  # type: ignore[union-attr]
+            self._attach(upstream, head.method, data)  # type: ignore[arg-type]
         else:
             self._send_buffer = [data]
             self._connect_task = ctx.loop.create_task(self._connect(endpoint, head.method))
@@ -280,8 +303,7 @@ class ClientConnection(asyncio.Protocol):
             upstream.release(reusable=True)
             return
         self._send_buffer = None
-        self._upstream = upstream
-        upstream.send(self, method, b"".join(buffered))
+        self._attach(upstream, method, b"".join(buffered))
         self._resume(_PAUSE_CONNECTING)
 
     def _forward_body(self, data: bytes) -> None:
@@ -299,6 +321,8 @@ class ClientConnection(asyncio.Protocol):
     def _write_upstream(self, data: bytes) -> None:
         if self._upstream is not None:
             self._upstream.write(data)
+            if self._route is not None:  # progress: the upstream timeout is an idle timeout
+                self._upstream_deadline.set_in(self._route.timeout)
         elif self._send_buffer is not None:
             self._send_buffer.append(data)
             if sum(map(len, self._send_buffer)) > _CONNECT_BUFFER_LIMIT:
@@ -432,6 +456,8 @@ class ClientConnection(asyncio.Protocol):
         self._upstream_deadline.clear()
         if not self._request_done:
             return
+        # Pauses that belonged to this exchange's upstream end with it.
+        self._resume(_PAUSE_UPSTREAM_FULL | _PAUSE_CONNECTING)
         if not self._keep_alive or self.transport is None:
             self._close()
             return
@@ -452,15 +478,17 @@ class ClientConnection(asyncio.Protocol):
         try:
             while pending and not self._closing:
                 kind, payload = pending[0]
-                if kind == 0 and self._head is not None:
+                if kind in (_HEAD, _ERROR) and self._head is not None:
                     break
                 pending.popleft()
-                if kind == 0:
+                if kind == _HEAD:
                     self._start(payload)
-                elif kind == 1:
+                elif kind == _BODY:
                     self._forward_body(payload)
-                else:
+                elif kind == _END:
                     self._end_request()
+                else:
+                    self._fail_request(payload, close=True)
         finally:
             self._replaying = False
         if not pending:

@@ -16,6 +16,7 @@ from lbproxy.authz import Endpoint, Reach
 from lbproxy.errors import (
     GatewayTimeout,
     HTTPError,
+    UpstreamClosed,
     UpstreamConnectFailed,
     UpstreamProtocolError,
 )
@@ -99,8 +100,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.close()
 
     def _finish(self, reusable: bool) -> None:
-        reusable = reusable and self._keep_alive
         transport = self.transport
+        # Unsent request bytes (the server answered before reading the whole body) would be
+        # sent ahead of the next client's request, and their flow control is another's.
+        reusable = reusable and self._keep_alive
+        if reusable and transport is not None and transport.get_write_buffer_size():
+            reusable = False
         if reusable and transport is not None:
             # The client may have paused our reading for flow control; an idle connection must
             # read, to notice the server closing it.
@@ -151,6 +156,10 @@ class UpstreamConnection(asyncio.Protocol):
         client = self.client
         if client is None:
             self.pool.forget_idle(self)
+            return
+        if exc is not None:
+            # A reset is not an end: a close-delimited body cut by it must not look complete.
+            self._fail(UpstreamClosed(f"upstream connection lost: {exc}"))
             return
         try:
             self._parser.feed_eof()
