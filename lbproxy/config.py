@@ -26,6 +26,9 @@ class GatewayConfig:
     client_header_timeout: float = 10.0
     keepalive_timeout: float = 75.0
     connect_timeout: float = 5.0
+    # Idle time allowed on an upstream exchange of a load balancer's own listener (an API sets
+    # its own in backend.timeout).
+    upstream_timeout: float = 60.0
     max_header_size: int = 64 * 1024
     max_body_size: int = 1024**3
     upstream_max_idle: int = 64

@@ -185,6 +185,7 @@ def _read_gateway(r: _Reader) -> GatewayConfig | None:
         client_header_timeout=r.seconds("client_header_timeout", default.client_header_timeout),
         keepalive_timeout=r.seconds("keepalive_timeout", default.keepalive_timeout),
         connect_timeout=r.seconds("connect_timeout", default.connect_timeout),
+        upstream_timeout=r.seconds("upstream_timeout", default.upstream_timeout),
         max_header_size=r.integer("max_header_size", default.max_header_size, 1024, 1024**2),
         max_body_size=r.integer("max_body_size", default.max_body_size, 0, 2**62),
         upstream_max_idle=r.integer("upstream_max_idle", default.upstream_max_idle, 0, 100_000),

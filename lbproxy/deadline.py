@@ -26,11 +26,6 @@ class Deadline:
         if self._handle is None or when < self._handle_when:
             self._arm(when)
 
-    def set_at(self, when: float) -> None:
-        self.when = when
-        if self._handle is None or when < self._handle_when:
-            self._arm(when)
-
     def _arm(self, when: float) -> None:
         if self._handle is not None:
             self._handle.cancel()

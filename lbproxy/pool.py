@@ -1,13 +1,15 @@
 """Upstream connection pools, one per server: keep-alive reuse and idle expiry.
 
 The bookkeeping is pure (``ServerPool`` takes ``now`` and returns what to close); the caller
-closes transports. Every connection is opened through ``PoolSet.open`` and every reuse goes
-through ``PoolSet.take_idle``, and both ask the reachability entry first: that is the
+closes transports (``take`` closes the stale idle connections it pops, since it is already
+holding them). Every connection is opened through ``upstream.open_connection`` and every reuse
+goes through ``PoolSet.take_idle``, and both ask the reachability entry first: that is the
 authorization gate, whatever part of lbproxy asked for the connection.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 from lbproxy.authz import Endpoint, Reach
@@ -58,7 +60,8 @@ class ServerPool:
         return True
 
     def discard(self, conn: PooledConnection) -> None:
-        """``conn`` was active and is gone (error, close): forget it."""
+        """An active connection is gone (error, close): it no longer counts."""
+        del conn  # active connections are counted, not listed
         self.active -= 1
 
     def forget_idle(self, conn: PooledConnection) -> None:
@@ -115,7 +118,7 @@ class PoolSet:
     def drain(self) -> list[PooledConnection]:
         return [c for pool in self._pools.values() for c in pool.drain()]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[ServerPool]:
         return iter(self._pools.values())
 
 

@@ -74,7 +74,9 @@ def build_routes(config: Config) -> RouteTable:
     listener_routes = {}
     for key, reach in table.by_listener.items():
         groups[key] = ServerGroup(key, reach.endpoints)
-        listener_routes[key] = Route(key, reach, groups[key], None, 60.0, gw.max_body_size)
+        listener_routes[key] = Route(
+            key, reach, groups[key], None, gw.upstream_timeout, gw.max_body_size
+        )
     api_routes = []
     for api in config.apis:
         reach = table.by_authorization[api.backend.authorization]

@@ -1,5 +1,6 @@
 """A ``Runtime`` built from a ``Config``: the listeners, the routes and the pools, started and
-stopped as one. The daemon (signals, workers, reloads) drives it from the outside."""
+stopped as one. The CLI drives it from the outside (signals; workers and hot reload are to come
+in a daemon module)."""
 
 from __future__ import annotations
 

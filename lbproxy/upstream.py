@@ -18,7 +18,6 @@ from lbproxy.errors import (
     HTTPError,
     UpstreamClosed,
     UpstreamConnectFailed,
-    UpstreamProtocolError,
 )
 from lbproxy.http import ResponseSink, response_parser
 from lbproxy.pool import PoolSet, ServerPool, check_gate
@@ -214,6 +213,3 @@ async def open_connection(
         raise UpstreamConnectFailed(f"connect to {endpoint}: {exc.strerror or exc}") from None
     pool.opened()
     return conn
-
-
-__all__ = ["UpstreamConnection", "UpstreamProtocolError", "open_connection"]
