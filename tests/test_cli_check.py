@@ -79,7 +79,8 @@ def test_several_problems_are_all_reported(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == [
         f"{path}: gateway.workers: unknown key; known keys here: admin_listen, "
         "client_header_timeout, connect_timeout, http_parser, keepalive_timeout, listen, "
-        "max_body_size, max_header_size, region, upstream_idle_timeout, upstream_max_idle, upstream_timeout",
+        "max_body_size, max_header_size, region, upstream_idle_timeout, upstream_max_idle, "
+        "upstream_timeout",
         f"{path}: authorization[0].port: expected an integer, got a string ('8081')",
         "2 problem(s) found; nothing was started.",
     ]

@@ -34,7 +34,8 @@ METHODS = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE or ANY"
 ROOT_KEYS = "api, authorization, gateway, instance, load_balancer, vpc"
 GATEWAY_KEYS = (
     "admin_listen, client_header_timeout, connect_timeout, http_parser, keepalive_timeout, "
-    "listen, max_body_size, max_header_size, region, upstream_idle_timeout, upstream_max_idle, upstream_timeout"
+    "listen, max_body_size, max_header_size, region, upstream_idle_timeout, upstream_max_idle, "
+    "upstream_timeout"
 )
 WEB_TARGETS = "`i-web-1`, `i-web-2`, `i-web-3`, `lb-web`"
 
