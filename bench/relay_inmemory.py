@@ -37,6 +37,9 @@ class FakeTransport(asyncio.Transport):
     def write(self, data: Any) -> None:
         self.writes += 1
 
+    def get_write_buffer_size(self) -> int:
+        return 0
+
     def is_closing(self) -> bool:
         return self.closed
 
