@@ -254,7 +254,7 @@ class ClientConnection(asyncio.Protocol):
             if head.content_length > limit:
                 raise PayloadTooLarge(f"body of {head.content_length} bytes exceeds {limit}")
             endpoint = route.group.pick()
-            upstream = ctx.pools.take_idle(route.reach, endpoint, ctx.loop.time())
+            upstream = ctx.pools.take_idle(route.reach, endpoint)
         except HTTPError as exc:
             # The body (if any) was not read: the connection cannot carry another request.
             self._fail_request(exc, close=head.has_body())

@@ -62,8 +62,20 @@ def test_balancers_do_not_share_state() -> None:
     assert [second.pick() for _ in range(3)] == [0, 0, 1]
 
 
-def test_repr_shows_weights_and_running_scores() -> None:
+def test_repr_shows_weights_and_position_in_the_cycle() -> None:
     balancer = SmoothWeightedRoundRobin((5, 1, 1))
-    assert repr(balancer) == "<SmoothWeightedRoundRobin weights=(5, 1, 1) current=[0, 0, 0]>"
+    assert repr(balancer) == "<SmoothWeightedRoundRobin weights=(5, 1, 1) at=0/7>"
     balancer.pick()
-    assert repr(balancer) == "<SmoothWeightedRoundRobin weights=(5, 1, 1) current=[-2, 1, 1]>"
+    assert repr(balancer) == "<SmoothWeightedRoundRobin weights=(5, 1, 1) at=1/7>"
+
+
+def test_a_cycle_too_long_to_precompute_gives_the_same_sequence() -> None:
+    weights = (3000, 1000, 1)  # 4001 picks a cycle: precomputed
+    big = (3000, 2000, 1)  # 5001: computed pick by pick
+    cached, live = SmoothWeightedRoundRobin(weights), SmoothWeightedRoundRobin(big)
+    assert "at=0/4001" in repr(cached) and "current=[0, 0, 0]" in repr(live)
+    reference = SmoothWeightedRoundRobin(weights)
+    reference._cycle = ()  # force the step-by-step path on the same weights
+    assert [cached.pick() for _ in range(9000)] == [reference.pick() for _ in range(9000)]
+    assert [live.pick() for _ in range(6)] == [0, 1, 0, 1, 0, 0]
+    assert "current=" in repr(live) and "[0, 0, 0]" not in repr(live)
