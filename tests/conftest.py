@@ -1,10 +1,18 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.harness import Backend, LoopThread
+from tests.harness import (
+    Backend,
+    Gateway,
+    Handler,
+    LoopThread,
+    config_from,
+    free_port,
+    gateway_toml,
+)
 
 ENGINES = ["httptools", "h11"]
 
@@ -30,3 +38,28 @@ def backends(lt: LoopThread) -> Iterator[list[Backend]]:
     yield started
     for b in started:
         lt.run(b.stop())
+
+
+GatewayFor = Callable[..., tuple[Gateway, Backend]]
+
+
+@pytest.fixture
+def gateway_for(lt: LoopThread, engine: str) -> Iterator[GatewayFor]:
+    """A factory: a backend with ``handler`` behind a gateway (the harness config), both stopped
+    at teardown."""
+    started: list[tuple[Gateway, Backend]] = []
+
+    def start(
+        handler: Handler, timeout: float = 5.0, extra_api: str = ""
+    ) -> tuple[Gateway, Backend]:
+        backend = Backend("a", handler=handler)
+        lt.run(backend.start())
+        text = gateway_toml([backend], free_port(), engine, timeout=timeout, extra_api=extra_api)
+        gateway = Gateway(lt, config_from(text))
+        started.append((gateway, backend))
+        return gateway, backend
+
+    yield start
+    for gateway, backend in started:
+        gateway.stop()
+        lt.run(backend.stop())

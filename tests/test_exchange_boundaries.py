@@ -7,39 +7,12 @@ import asyncio
 import socket
 import struct
 import time
-from collections.abc import Iterator
 
-import pytest
-
+from tests.conftest import GatewayFor
 from tests.harness import (
-    Backend,
     Client,
-    Gateway,
-    LoopThread,
     Seen,
-    config_from,
-    free_port,
-    gateway_toml,
 )
-
-
-@pytest.fixture
-def make(lt: LoopThread, engine: str) -> Iterator[object]:
-    started: list[tuple[Gateway, Backend]] = []
-
-    def start(handler: object, timeout: float = 5.0) -> Gateway:
-        backend = Backend("a", handler=handler)  # type: ignore[arg-type]
-        lt.run(backend.start())
-        gateway = Gateway(
-            lt, config_from(gateway_toml([backend], free_port(), engine, timeout=timeout))
-        )
-        started.append((gateway, backend))
-        return gateway
-
-    yield start
-    for gateway, backend in started:
-        gateway.stop()
-        lt.run(backend.stop())
 
 
 async def slow_created(seen: Seen, writer: asyncio.StreamWriter) -> bool:
@@ -48,8 +21,10 @@ async def slow_created(seen: Seen, writer: asyncio.StreamWriter) -> bool:
     return True
 
 
-def test_a_bad_pipelined_request_is_answered_after_the_one_in_flight(make: object) -> None:
-    gateway = make(slow_created)  # type: ignore[operator]
+def test_a_bad_pipelined_request_is_answered_after_the_one_in_flight(
+    gateway_for: GatewayFor,
+) -> None:
+    gateway, _ = gateway_for(slow_created)
     client = Client(gateway.connect())
     client.send(
         b"POST /api/order HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
@@ -62,12 +37,10 @@ def test_a_bad_pipelined_request_is_answered_after_the_one_in_flight(make: objec
     client.close()
 
 
-def test_trailer_fields_never_become_the_next_requests_headers(
-    make: object,
-) -> None:
+def test_trailer_fields_never_become_the_next_requests_headers(gateway_for: GatewayFor) -> None:
     from tests.harness import echo
 
-    gateway = make(echo)  # type: ignore[operator]
+    gateway, _ = gateway_for(echo)
     client = Client(gateway.connect())
     client.send(
         b"POST /api/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -85,8 +58,8 @@ async def ok_after_body(seen: Seen, writer: asyncio.StreamWriter) -> bool:
     return True
 
 
-def test_the_upstream_timeout_is_idle_time_not_total_time(make: object) -> None:
-    gateway = make(ok_after_body, timeout=1.0)  # type: ignore[operator]
+def test_the_upstream_timeout_is_idle_time_not_total_time(gateway_for: GatewayFor) -> None:
+    gateway, _ = gateway_for(ok_after_body, timeout=1.0)
     client = Client(gateway.connect())
     client.send(b"POST /api/up HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n")
     for _ in range(6):  # 1.5 s of steady upload, longer than the 1 s timeout
@@ -108,8 +81,8 @@ async def big(seen: Seen, writer: asyncio.StreamWriter) -> bool:
     return True
 
 
-def test_a_slow_reading_client_is_not_an_upstream_timeout(make: object) -> None:
-    gateway = make(big, timeout=0.5)  # type: ignore[operator]
+def test_a_slow_reading_client_is_not_an_upstream_timeout(gateway_for: GatewayFor) -> None:
+    gateway, _ = gateway_for(big, timeout=0.5)
     sock = gateway.connect()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
     sock.sendall(
@@ -133,8 +106,8 @@ async def reset_mid_body(seen: Seen, writer: asyncio.StreamWriter) -> bool:
     return False
 
 
-def test_a_reset_is_not_the_end_of_a_close_delimited_body(make: object) -> None:
-    gateway = make(reset_mid_body)  # type: ignore[operator]
+def test_a_reset_is_not_the_end_of_a_close_delimited_body(gateway_for: GatewayFor) -> None:
+    gateway, _ = gateway_for(reset_mid_body)
     sock = gateway.connect()
     sock.sendall(b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n")
     raw = b""

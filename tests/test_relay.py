@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from lbproxy.authz import Endpoint
+from tests.conftest import GatewayFor
 from tests.harness import (
     Backend,
     Client,
@@ -139,7 +140,7 @@ def test_chunked_request_is_reframed_and_streamed(gw: Gateway, backends: list[Ba
     client.close()
 
 
-def test_http10_client_gets_close_delimited_body(lt: LoopThread, engine: str) -> None:
+def test_http10_client_gets_close_delimited_body(gateway_for: GatewayFor) -> None:
     async def chunked(seen: object, writer: object) -> bool:
         writer.write(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"  # type: ignore[attr-defined]
@@ -147,27 +148,21 @@ def test_http10_client_gets_close_delimited_body(lt: LoopThread, engine: str) ->
         )
         return True
 
-    backend = Backend("a", handler=chunked)
-    lt.run(backend.start())
-    gateway = Gateway(lt, config_from(gateway_toml([backend], free_port(), engine)))
-    try:
-        client = Client(gateway.connect())
-        client.send(b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n")
-        response, body = client.response()
-        assert body == b"abcdef" and header(response, "transfer-encoding") == "chunked"
-        client.close()
-        sock = gateway.connect()
-        sock.sendall(b"GET /api/x HTTP/1.0\r\n\r\n")
-        raw = b""
-        while chunk := sock.recv(65536):
-            raw += chunk
-        head, _, rest = raw.partition(b"\r\n\r\n")
-        assert rest == b"abcdef"
-        assert b"Transfer-Encoding" not in head and b"Connection: close" in head
-        sock.close()
-    finally:
-        gateway.stop()
-        lt.run(backend.stop())
+    gateway, _ = gateway_for(chunked)
+    client = Client(gateway.connect())
+    client.send(b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n")
+    response, body = client.response()
+    assert body == b"abcdef" and header(response, "transfer-encoding") == "chunked"
+    client.close()
+    sock = gateway.connect()
+    sock.sendall(b"GET /api/x HTTP/1.0\r\n\r\n")
+    raw = b""
+    while chunk := sock.recv(65536):
+        raw += chunk
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert rest == b"abcdef"
+    assert b"Transfer-Encoding" not in head and b"Connection: close" in head
+    sock.close()
 
 
 @pytest.mark.parametrize(
@@ -175,7 +170,7 @@ def test_http10_client_gets_close_delimited_body(lt: LoopThread, engine: str) ->
     [("HEAD", 200, b""), ("GET", 204, b""), ("GET", 304, b""), ("GET", 200, b"0123456789")],
 )
 def test_bodyless_responses_are_framed_right(
-    lt: LoopThread, engine: str, method: str, status: int, expect_body: bytes
+    gateway_for: GatewayFor, method: str, status: int, expect_body: bytes
 ) -> None:
     async def answer(seen: object, writer: object) -> bool:
         # Content-Length describes the GET body for HEAD; 204/304 carry none.
@@ -183,20 +178,14 @@ def test_bodyless_responses_are_framed_right(
         writer.write(b"HTTP/1.1 %d X\r\nContent-Length: 10\r\n\r\n%b" % (status, body))  # type: ignore[attr-defined]
         return True
 
-    backend = Backend("a", handler=answer)
-    lt.run(backend.start())
-    gateway = Gateway(lt, config_from(gateway_toml([backend], free_port(), engine)))
-    try:
-        client = Client(gateway.connect())
-        for _ in range(2):  # twice: the connections must still be in sync afterwards
-            client.send(b"%b /api/x HTTP/1.1\r\nHost: x\r\n\r\n" % method.encode())
-            response, body = client.response(method)
-            assert response.status_code == status and body == expect_body
-        client.close()
-        assert backend.connections == 1
-    finally:
-        gateway.stop()
-        lt.run(backend.stop())
+    gateway, backend = gateway_for(answer)
+    client = Client(gateway.connect())
+    for _ in range(2):  # twice: the connections must still be in sync afterwards
+        client.send(b"%b /api/x HTTP/1.1\r\nHost: x\r\n\r\n" % method.encode())
+        response, body = client.response(method)
+        assert response.status_code == status and body == expect_body
+    client.close()
+    assert backend.connections == 1
 
 
 def test_expect_100_continue(gw: Gateway) -> None:
@@ -250,28 +239,22 @@ def test_idle_keep_alive_connection_is_closed(lt: LoopThread, backends: list[Bac
         gateway.stop()
 
 
-def test_close_delimited_response_is_rechunked_for_http11(lt: LoopThread, engine: str) -> None:
+def test_close_delimited_response_is_rechunked_for_http11(gateway_for: GatewayFor) -> None:
     async def until_close(seen: object, writer: asyncio.StreamWriter) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil ")
         await writer.drain()
         writer.write(b"close")
         return False  # the harness closes the connection: that ends the body
 
-    backend = Backend("a", handler=until_close)
-    lt.run(backend.start())
-    gateway = Gateway(lt, config_from(gateway_toml([backend], free_port(), engine)))
-    try:
-        client = Client(gateway.connect())
-        for _ in range(2):  # the client connection stays usable
-            client.send(b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n")
-            response, body = client.response()
-            assert body == b"until close"
-            assert header(response, "transfer-encoding") == "chunked"
-        client.close()
-        assert backend.connections == 2  # a close-delimited upstream is never reused
-    finally:
-        gateway.stop()
-        lt.run(backend.stop())
+    gateway, backend = gateway_for(until_close)
+    client = Client(gateway.connect())
+    for _ in range(2):  # the client connection stays usable
+        client.send(b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n")
+        response, body = client.response()
+        assert body == b"until close"
+        assert header(response, "transfer-encoding") == "chunked"
+    client.close()
+    assert backend.connections == 2  # a close-delimited upstream is never reused
 
 
 def test_load_balancer_listener_serves_clients_inside_the_vpc(
