@@ -150,10 +150,11 @@ def analyze_request(head: RequestHead) -> None:
     length: int | None = None
     te: bytes | None = None
     connection: set[bytes] = set()
-    for name, value in head.headers:
+    for header in head.headers:
+        name, value = header
         lname = name.lower()
         if lname not in _REQUEST_SPECIAL:
-            kept.append((name, value))
+            kept.append(header)
         elif lname == b"host":
             if head.host is not None:
                 raise BadRequest("more than one Host header")
@@ -211,10 +212,11 @@ def analyze_response(head: ResponseHead, request_method: bytes) -> None:
     length: int | None = None
     te: bytes | None = None
     connection: set[bytes] = set()
-    for name, value in head.headers:
+    for header in head.headers:
+        name, value = header
         lname = name.lower()
         if lname not in HOP_BY_HOP:
-            kept.append((name, value))
+            kept.append(header)
         elif lname == b"content-length":
             length = _parse_content_length(value, length, UpstreamProtocolError)
         elif lname == b"transfer-encoding":
