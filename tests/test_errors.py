@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -263,3 +265,30 @@ def test_503_for_requests_queued_while_draining(lt: LoopThread, engine: str) -> 
     finally:
         sock.close()
         lt.run(backend.stop())
+
+
+def test_504_when_the_connect_itself_hangs(lt: LoopThread, engine: str) -> None:
+    # A listener whose accept queue is full: further SYNs are dropped, so connect() hangs.
+    with socket.socket() as stuffed:
+        stuffed.bind(("127.0.0.1", 0))
+        stuffed.listen(0)
+        fillers = []
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(stuffed.getsockname())
+            fillers.append(filler)
+        backend = Backend("a", port=stuffed.getsockname()[1])  # never started: only its address
+        text = gateway_toml([backend], free_port(), engine, gateway_extra="connect_timeout = 0.3")
+        gateway = Gateway(lt, config_from(text))
+        try:
+            started = time.monotonic()
+            status, _, body, _ = exchange(gateway, b"GET /direct/x HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (status, body["error"]) == (504, "upstream_timeout")
+            assert "connect to 127.0.0.1" in str(body["message"])
+            assert time.monotonic() - started < 3
+        finally:
+            gateway.stop()
+            for filler in fillers:
+                filler.close()
