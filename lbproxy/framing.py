@@ -259,8 +259,6 @@ def encode_chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
-EOL = b"\r\n"
-EOL2 = b"\r\n\r\n"
 
 # How a body is written on the outgoing side.
 BODY_NONE = 0
@@ -329,14 +327,14 @@ def request_head_bytes(head: RequestHead, host: bytes | None, added: bytes) -> b
         head.method,
         head.target,
         host if host is not None else (head.host or b""),
-        b"".join([b"%b: %b\r\n" % h for h in head.kept]),
+        _header_lines(head.kept),
         added,
         framing,
     )
 
 
 def response_head_bytes(
-    head: ResponseHead, client_http11: bool, keep_alive: bool, added: bytes
+    head: ResponseHead, client_http11: bool, keep_alive: bool, added: bytes = b""
 ) -> tuple[bytes, int]:
     """The client response head and the body mode the relay must use for its body."""
     status = head.status
@@ -355,12 +353,9 @@ def response_head_bytes(
         framing += b"Connection: close\r\n"
     elif not client_http11:
         framing += b"Connection: keep-alive\r\n"
-    line = _STATUS_LINES.get(status) if not head.reason else None
-    if line is None:
-        line = status_line(status, head.reason)
-    lines = b"".join([b"%b: %b\r\n" % h for h in head.kept])
-    return b"%b%b%b%b\r\n" % (line, lines, added, framing), mode
+    line = status_line(status, head.reason)
+    return b"%b%b%b%b\r\n" % (line, _header_lines(head.kept), added, framing), mode
 
 
 def interim_head_bytes(head: ResponseHead) -> bytes:
-    return status_line(head.status, head.reason) + _header_lines(head.kept) + EOL
+    return status_line(head.status, head.reason) + _header_lines(head.kept) + b"\r\n"

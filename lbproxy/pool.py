@@ -9,7 +9,6 @@ authorization gate, whatever part of lbproxy asked for the connection.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Protocol
 
 from lbproxy.authz import Endpoint, Reach
@@ -81,9 +80,6 @@ class ServerPool:
         idle, self._idle = self._idle, []
         return idle
 
-    def is_idle(self) -> bool:
-        return self.active == 0
-
     def __repr__(self) -> str:
         return f"<ServerPool {self.endpoint} [{self.active} active, {len(self._idle)} idle]>"
 
@@ -118,9 +114,6 @@ class PoolSet:
 
     def drain(self) -> list[PooledConnection]:
         return [c for pool in self._pools.values() for c in pool.drain()]
-
-    def __iter__(self) -> Iterator[ServerPool]:
-        return iter(self._pools.values())
 
 
 def check_gate(reach: Reach, endpoint: Endpoint) -> None:

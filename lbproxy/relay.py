@@ -36,6 +36,7 @@ from lbproxy.router import request_path
 from lbproxy.upstream import UpstreamConnection, open_connection
 
 if TYPE_CHECKING:
+    from lbproxy.authz import Endpoint
     from lbproxy.routes import RelayContext, Route
 
 log = logging.getLogger("lbproxy.relay")
@@ -46,6 +47,11 @@ _PAUSE_UPSTREAM_FULL = 2
 _PAUSE_CONNECTING = 4
 _CONNECT_BUFFER_LIMIT = 256 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_VIA = b"1.1 lbproxy"
+_ADDED_HEADERS = (
+    b"X-Forwarded-Proto: http\r\nVia: %b\r\nX-Forwarded-For: %b\r\nX-Forwarded-Host: %b\r\n"
+    b"X-Request-Id: %b\r\n"
+)
 # Kinds of queued parser events (requests pipelined behind the exchange in flight).
 _HEAD, _BODY, _END, _ERROR = 0, 1, 2, 3
 
@@ -61,7 +67,6 @@ def _new_request_id() -> bytes:
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
-        "_added_prefix",
         "_body_limit",
         "_body_seen",
         "_client_ip",
@@ -99,7 +104,6 @@ class ClientConnection(asyncio.Protocol):
         self._pending: deque[tuple[int, Any]] = deque()
         self._paused = 0
         self._closing = False
-        self._added_prefix = b""
         self._client_ip = b""
         self._replaying = False
         self._head_started = False
@@ -129,7 +133,6 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         client_ip = (peer[0] if peer else "unknown").removeprefix("::ffff:")
-        self._added_prefix = b"X-Forwarded-Proto: http\r\nVia: 1.1 lbproxy\r\n"
         self._client_ip = client_ip.encode()
         self._ctx.connections.add(self)
         self._deadline.set_in(self._ctx.gateway.client_header_timeout)
@@ -267,14 +270,8 @@ class ClientConnection(asyncio.Protocol):
             if head.forwarded_for is None
             else (head.forwarded_for + b", " + self._client_ip)
         )
-        added = b"%bX-Forwarded-For: %b\r\nX-Forwarded-Host: %b\r\nX-Request-Id: %b\r\n" % (
-            self._added_prefix,
-            xff,
-            head.host or b"",
-            request_id,
-        )
-        if head.via is not None:
-            added = added.replace(b"Via: 1.1", b"Via: " + head.via + b", 1.1", 1)
+        via = _VIA if head.via is None else head.via + b", " + _VIA
+        added = _ADDED_HEADERS % (via, xff, head.host or b"", request_id)
         data = framing.request_head_bytes(head, route.host, added)
         self._upstream_deadline.set_in(route.timeout)
         if upstream is not None:
@@ -285,7 +282,7 @@ class ClientConnection(asyncio.Protocol):
         if head.expect_continue and head.has_body() and self.transport is not None:
             self.transport.write(_CONTINUE)
 
-    async def _connect(self, endpoint: Any, method: bytes) -> None:
+    async def _connect(self, endpoint: Endpoint, method: bytes) -> None:
         ctx = self._ctx
         route = self._route
         assert route is not None
@@ -351,7 +348,7 @@ class ClientConnection(asyncio.Protocol):
         keep_alive = self._keep_alive and not self._closing
         if self._ctx.draining and not self._pending:
             keep_alive = False
-        data, self._resp_mode = framing.response_head_bytes(head, request.http11, keep_alive, b"")
+        data, self._resp_mode = framing.response_head_bytes(head, request.http11, keep_alive)
         if self._resp_mode == framing.BODY_UNTIL_CLOSE:
             keep_alive = False
         self._keep_alive = keep_alive

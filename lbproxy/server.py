@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import socket
 from collections.abc import Callable
 
 from lbproxy.authz import listener_key
@@ -89,8 +88,6 @@ class Runtime:
         for sock in server.sockets:
             bound = sock.getsockname()
             self.addresses.append((bound[0], bound[1]))
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         log.info("listening on %s:%d", *self.addresses[-1])
 
     def _sweep(self) -> None:

@@ -102,19 +102,17 @@ class UpstreamConnection(asyncio.Protocol):
         transport = self.transport
         # Unsent request bytes (the server answered before reading the whole body) would be
         # sent ahead of the next client's request, and their flow control is another's.
-        reusable = reusable and self._keep_alive
-        if reusable and transport is not None and transport.get_write_buffer_size():
-            reusable = False
-        if reusable and transport is not None:
-            # The client may have paused our reading for flow control; an idle connection must
-            # read, to notice the server closing it.
-            transport.resume_reading()
-        if not (reusable and self.pool.put(self, self._loop.time())):
-            if reusable:
-                self.close()
-            else:
-                self.pool.discard(self)
-                self.close()
+        if not (reusable and self._keep_alive and transport is not None) or (
+            transport.get_write_buffer_size()
+        ):
+            self.pool.discard(self)
+            self.close()
+            return
+        # The client may have paused our reading for flow control; an idle connection must
+        # read, to notice the server closing it.
+        transport.resume_reading()
+        if not self.pool.put(self, self._loop.time()):
+            self.close()  # the pool is full (put has already stopped counting it)
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -145,9 +143,6 @@ class UpstreamConnection(asyncio.Protocol):
             # could otherwise receive the rest of this read as its response.
             self._released = None
             self._finish(released)
-
-    def eof_received(self) -> bool | None:
-        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None

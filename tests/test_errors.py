@@ -13,10 +13,12 @@ from collections.abc import Iterator
 import pytest
 
 from lbproxy.authz import Endpoint
+from tests.conftest import GatewayFor
 from tests.harness import (
     Backend,
     Client,
     Gateway,
+    Handler,
     LoopThread,
     Seen,
     config_from,
@@ -145,17 +147,11 @@ def test_502_when_the_upstream_refuses(gw: Gateway) -> None:
 
 
 def run_with_handler(
-    lt: LoopThread, engine: str, handler: object, raw: bytes, timeout: float = 5.0
+    gateway_for: GatewayFor, handler: Handler, raw: bytes, timeout: float = 5.0
 ) -> tuple[int, dict[str, object], bool]:
-    backend = Backend("a", handler=handler)  # type: ignore[arg-type]
-    lt.run(backend.start())
-    gateway = make_gateway(lt, [backend], engine, timeout=timeout)
-    try:
-        status, _, body, closed = exchange(gateway, raw)
-        return status, body, closed
-    finally:
-        gateway.stop()
-        lt.run(backend.stop())
+    gateway, _ = gateway_for(handler, timeout=timeout, extra_api=EXTRA)
+    status, _, body, closed = exchange(gateway, raw)
+    return status, body, closed
 
 
 @pytest.mark.parametrize(
@@ -167,55 +163,49 @@ def run_with_handler(
         b"HTTP/1.1 abc OK\r\n\r\n",
     ],
 )
-def test_502_for_an_invalid_upstream_response(lt: LoopThread, engine: str, reply: bytes) -> None:
+def test_502_for_an_invalid_upstream_response(gateway_for: GatewayFor, reply: bytes) -> None:
     async def bad(seen: Seen, writer: asyncio.StreamWriter) -> bool:
         writer.write(reply)
         return False
 
-    status, body, _ = run_with_handler(lt, engine, bad, b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, body, _ = run_with_handler(gateway_for, bad, b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n")
     assert (status, body["error"]) == (502, "upstream_protocol_error")
 
 
-def test_502_when_the_upstream_closes_without_answering(lt: LoopThread, engine: str) -> None:
+def test_502_when_the_upstream_closes_without_answering(gateway_for: GatewayFor) -> None:
     async def hang_up(seen: Seen, writer: asyncio.StreamWriter) -> bool:
         return False
 
     status, body, _ = run_with_handler(
-        lt, engine, hang_up, b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n"
+        gateway_for, hang_up, b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n"
     )
     assert (status, body["error"]) == (502, "upstream_closed")
 
 
-def test_504_when_the_upstream_hangs(lt: LoopThread, engine: str) -> None:
+def test_504_when_the_upstream_hangs(gateway_for: GatewayFor) -> None:
     async def slow(seen: Seen, writer: asyncio.StreamWriter) -> bool:
         await asyncio.sleep(3)
         return False
 
     status, body, _ = run_with_handler(
-        lt, engine, slow, b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n", timeout=0.3
+        gateway_for, slow, b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n", timeout=0.3
     )
     assert (status, body["error"]) == (504, "upstream_timeout")
 
 
-def test_truncated_response_is_never_completed(lt: LoopThread, engine: str) -> None:
+def test_truncated_response_is_never_completed(gateway_for: GatewayFor) -> None:
     async def short(seen: Seen, writer: asyncio.StreamWriter) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
         return False
 
-    backend = Backend("a", handler=short)
-    lt.run(backend.start())
-    gateway = make_gateway(lt, [backend], engine)
-    try:
-        sock = gateway.connect()
-        sock.sendall(b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n")
-        raw = b""
-        while chunk := sock.recv(65536):
-            raw += chunk
-        assert raw.startswith(b"HTTP/1.1 200") and raw.endswith(b"partial")
-        sock.close()
-    finally:
-        gateway.stop()
-        lt.run(backend.stop())
+    gateway, _ = gateway_for(short)
+    sock = gateway.connect()
+    sock.sendall(b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n")
+    raw = b""
+    while chunk := sock.recv(65536):
+        raw += chunk
+    assert raw.startswith(b"HTTP/1.1 200") and raw.endswith(b"partial")
+    sock.close()
 
 
 def test_gate_refuses_a_server_outside_the_table(

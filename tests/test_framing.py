@@ -241,7 +241,7 @@ def test_hop_by_hop_never_forwarded(name: bytes) -> None:
     req = request(b"GET", "Host: a", line)
     assert name not in _field_names(request_head_bytes(req, None, b""))
     resp = response(200, line, "Content-Length: 0")
-    assert name not in _field_names(response_head_bytes(resp, True, True, b"")[0])
+    assert name not in _field_names(response_head_bytes(resp, True, True)[0])
 
 
 # -- client response heads -------------------------------------------------------------------
@@ -419,7 +419,7 @@ RESPONSE_CASES = [
 
 @pytest.mark.parametrize("case", RESPONSE_CASES, ids=[c.id for c in RESPONSE_CASES])
 def test_response_head_bytes(case: ResponseCase) -> None:
-    assert response_head_bytes(case.head, case.client_http11, case.keep_alive, b"") == (
+    assert response_head_bytes(case.head, case.client_http11, case.keep_alive) == (
         case.expected,
         case.mode,
     )
@@ -427,7 +427,7 @@ def test_response_head_bytes(case: ResponseCase) -> None:
 
 @pytest.mark.parametrize("case", RESPONSE_CASES, ids=[c.id for c in RESPONSE_CASES])
 def test_response_head_is_canonical(case: ResponseCase) -> None:
-    data, _ = response_head_bytes(case.head, case.client_http11, case.keep_alive, b"")
+    data, _ = response_head_bytes(case.head, case.client_http11, case.keep_alive)
     names = _field_names(data)
     framing = [n for n in names if n in (b"content-length", b"transfer-encoding")]
     assert len(framing) <= 1
