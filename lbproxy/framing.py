@@ -107,19 +107,100 @@ class ResponseHead:
         self.bodiless = False
 
 
-_COMMON_TOKENS = {
-    b"keep-alive": frozenset({b"keep-alive"}),
-    b"close": frozenset({b"close"}),
-    b"Keep-Alive": frozenset({b"keep-alive"}),
-    b"Close": frozenset({b"close"}),
+# What a header is to lbproxy. Zero: end-to-end, forwarded as is; the rest are read here.
+_E2E, _HOST, _LENGTH, _TE, _CONNECTION, _EXPECT, _XFF, _VIA, _REQUEST_ID, _UPGRADE, _DROP = range(
+    11
+)
+_SPECIAL_KINDS = {
+    b"host": _HOST,
+    b"content-length": _LENGTH,
+    b"transfer-encoding": _TE,
+    b"connection": _CONNECTION,
+    b"expect": _EXPECT,
+    b"x-forwarded-for": _XFF,
+    b"via": _VIA,
+    b"x-request-id": _REQUEST_ID,
+    b"upgrade": _UPGRADE,
 }
+_REQUEST_KINDS = {name: _SPECIAL_KINDS.get(name, _DROP) for name in _REQUEST_SPECIAL}
+_RESPONSE_KINDS = {name: _SPECIAL_KINDS.get(name, _DROP) for name in HOP_BY_HOP}
+_RESPONSE_KINDS[b"upgrade"] = _DROP  # never forwarded, and nothing was asked to switch
 
 
-def _connection_tokens(value: bytes) -> frozenset[bytes] | set[bytes]:
-    common = _COMMON_TOKENS.get(value)
-    if common is not None:
-        return common
-    return {t.strip().lower() for t in value.split(b",") if t.strip()}
+class _KindCache(dict[bytes, int]):
+    """Header kinds by name as spelled on the wire. Names repeat from message to message, so
+    one dict hit replaces a ``lower()`` and a lookup per header; bounded, since names come
+    from clients and upstreams."""
+
+    def __init__(self, kinds: dict[bytes, int]) -> None:
+        super().__init__()
+        self._kinds = kinds
+
+    def __missing__(self, name: bytes) -> int:
+        kind = self._kinds.get(name.lower(), _E2E)
+        if len(self) < 4096:
+            self[name] = kind
+        return kind
+
+
+_request_kinds = _KindCache(_REQUEST_KINDS)
+_response_kinds = _KindCache(_RESPONSE_KINDS)
+
+
+class _Connection:
+    """The tokens of the Connection header fields of one message."""
+
+    __slots__ = ("close", "keep_alive", "named")
+
+    def __init__(self) -> None:
+        self.close = False
+        self.keep_alive = False
+        self.named: set[bytes] | None = None  # other tokens: headers to drop
+
+    def add(self, value: bytes) -> None:
+        for item in value.split(b","):
+            token = item.strip().lower()
+            if token == b"close":
+                self.close = True
+            elif token == b"keep-alive":
+                self.keep_alive = True
+            elif token:
+                if self.named is None:
+                    self.named = set()
+                self.named.add(token)
+
+    def copy(self) -> _Connection:
+        other = _Connection()
+        other.close, other.keep_alive = self.close, self.keep_alive
+        return other
+
+    def persists(self, http11: bool) -> bool:
+        return not self.close if http11 else self.keep_alive and not self.close
+
+    def drop_named(self, kept: list[Header]) -> list[Header]:
+        named = self.named or ()
+        return [h for h in kept if h[0].lower() not in named]
+
+
+_KEEP_ALIVE = _Connection()
+_KEEP_ALIVE.keep_alive = True
+_CLOSE = _Connection()
+_CLOSE.close = True
+_COMMON_CONNECTION = {b"keep-alive": _KEEP_ALIVE, b"Keep-Alive": _KEEP_ALIVE, b"close": _CLOSE}
+
+
+def _connection(seen: _Connection | None, value: bytes) -> _Connection:
+    """``seen`` with the tokens of one more Connection field. The usual lone ``keep-alive`` or
+    ``close`` of a first field is a shared, never modified instance."""
+    if seen is None:
+        common = _COMMON_CONNECTION.get(value)
+        if common is not None:
+            return common
+        seen = _Connection()
+    elif seen is _KEEP_ALIVE or seen is _CLOSE:
+        seen = seen.copy()
+    seen.add(value)
+    return seen
 
 
 def _parse_content_length(value: bytes, seen: int | None, error: type[Exception]) -> int:
@@ -147,49 +228,49 @@ def analyze_request(head: RequestHead) -> None:
     Raises ``BadRequest`` (400) or ``NotImplementedByGateway`` (501) on anything ambiguous.
     """
     kept = head.kept
+    kinds = _request_kinds
     length: int | None = None
     te: bytes | None = None
-    connection: set[bytes] = set()
+    connection: _Connection | None = None
     for header in head.headers:
-        name, value = header
-        lname = name.lower()
-        if lname not in _REQUEST_SPECIAL:
+        kind = kinds[header[0]]
+        if not kind:
             kept.append(header)
-        elif lname == b"host":
+            continue
+        value = header[1]
+        if kind == _HOST:
             if head.host is not None:
                 raise BadRequest("more than one Host header")
             head.host = value
-        elif lname == b"content-length":
+        elif kind == _LENGTH:
             length = _parse_content_length(value, length, BadRequest)
-        elif lname == b"transfer-encoding":
+        elif kind == _TE:
             if te is not None:
                 raise BadRequest("more than one Transfer-Encoding header")
             te = value
-        elif lname == b"connection":
-            connection |= _connection_tokens(value)
-        elif lname == b"expect":
+        elif kind == _CONNECTION:
+            connection = _connection(connection, value)
+        elif kind == _EXPECT:
             if value.lower() != b"100-continue":
                 raise BadRequest(f"unsupported Expect {value[:40]!r}")  # RFC 9110 10.1.1: 417
             head.expect_continue = head.http11
-        elif lname == b"x-forwarded-for":
-            head.forwarded_for = (
-                value if head.forwarded_for is None else (head.forwarded_for + b", " + value)
-            )
-        elif lname == b"via":
+        elif kind == _XFF:
+            xff = head.forwarded_for
+            head.forwarded_for = value if xff is None else xff + b", " + value
+        elif kind == _VIA:
             head.via = value if head.via is None else head.via + b", " + value
-        elif lname == b"x-request-id":
+        elif kind == _REQUEST_ID:
             head.request_id = value
-        elif lname == b"upgrade":
+        elif kind == _UPGRADE:
             raise NotImplementedByGateway("protocol upgrades are not supported")
-    _decide_request_framing(head, te, length)
-    if head.http11:
-        head.keep_alive = b"close" not in connection
-        if head.host is None:
-            raise BadRequest("HTTP/1.1 request without Host")
-    else:
-        head.keep_alive = b"keep-alive" in connection and b"close" not in connection
-    if connection - {b"close", b"keep-alive"}:
-        head.kept = [(n, v) for n, v in kept if n.lower() not in connection]
+    if te is not None or length is not None or head.method == b"CONNECT":
+        _decide_request_framing(head, te, length)
+    if head.http11 and head.host is None:
+        raise BadRequest("HTTP/1.1 request without Host")
+    if connection is not None:
+        head.keep_alive = connection.persists(head.http11)
+        if connection.named is not None:
+            head.kept = connection.drop_named(kept)
 
 
 def _decide_request_framing(head: RequestHead, te: bytes | None, length: int | None) -> None:
@@ -209,48 +290,54 @@ def _decide_request_framing(head: RequestHead, te: bytes | None, length: int | N
 def analyze_response(head: ResponseHead, request_method: bytes) -> None:
     """Decide the response's framing (RFC 9112 6.3) given the request it answers."""
     kept = head.kept
+    kinds = _response_kinds
     length: int | None = None
     te: bytes | None = None
-    connection: set[bytes] = set()
+    connection: _Connection | None = None
     for header in head.headers:
-        name, value = header
-        lname = name.lower()
-        if lname not in HOP_BY_HOP:
+        kind = kinds[header[0]]
+        if not kind:
             kept.append(header)
-        elif lname == b"content-length":
-            length = _parse_content_length(value, length, UpstreamProtocolError)
-        elif lname == b"transfer-encoding":
+        elif kind == _LENGTH:
+            value = header[1]
+            if length is None and value.isdigit() and len(value) <= 18:
+                length = int(value)  # the usual case, without a call
+            else:
+                length = _parse_content_length(value, length, UpstreamProtocolError)
+        elif kind == _TE:
             if te is not None:
                 raise UpstreamProtocolError("more than one Transfer-Encoding header")
-            te = value
-        elif lname == b"connection":
-            connection |= _connection_tokens(value)
+            te = header[1]
+        elif kind == _CONNECTION:
+            connection = _connection(connection, header[1])
     if te is not None and length is not None:
         raise UpstreamProtocolError("both Content-Length and Transfer-Encoding")
     status = head.status
     if status == 101:
         # lbproxy never forwards Upgrade, so nothing was asked to switch.
         raise UpstreamProtocolError("101 Switching Protocols without an upgrade request")
-    if request_method == b"HEAD" or status < 200 or status in (204, 304):
-        head.content_length = 0
-        head.bodiless = True
-        # A HEAD answer's Content-Length describes the GET body: pass it on unchanged.
-        if length is not None and request_method == b"HEAD" and status >= 200:
-            kept.append((b"Content-Length", str(length).encode()))
+    if request_method == b"HEAD" or status < 200 or status in {204, 304}:
+        _frame_bodiless(head, length, request_method)
     elif te is not None:
         if te.strip().lower() != b"chunked":
             raise UpstreamProtocolError(f"unsupported response Transfer-Encoding {te[:40]!r}")
         head.chunked = True
     elif length is not None:
         head.content_length = length
-    if head.http11:
-        head.keep_alive = b"close" not in connection
-    else:
-        head.keep_alive = b"keep-alive" in connection and b"close" not in connection
+    if connection is not None:
+        head.keep_alive = connection.persists(head.http11)
+        if connection.named is not None:
+            head.kept = connection.drop_named(head.kept)
     if head.content_length == CLOSE_DELIMITED and not head.chunked:
-        head.keep_alive = False
-    if connection - {b"close", b"keep-alive"}:
-        head.kept = [(n, v) for n, v in kept if n.lower() not in connection]
+        head.keep_alive = False  # the body runs until the upstream closes
+
+
+def _frame_bodiless(head: ResponseHead, length: int | None, request_method: bytes) -> None:
+    head.content_length = 0
+    head.bodiless = True
+    # A HEAD answer's Content-Length describes the GET body: pass it on unchanged.
+    if length is not None and request_method == b"HEAD" and head.status >= 200:
+        head.kept.append((b"Content-Length", str(length).encode()))
 
 
 def encode_chunk(data: bytes) -> bytes:
@@ -311,8 +398,14 @@ def status_line(status: int, reason: bytes = b"") -> bytes:
     return line
 
 
+_field_line = b": ".join  # (name, value) -> b"name: value", in C for every header
+
+
 def _header_lines(headers: list[Header]) -> bytes:
-    return b"".join([b"%b: %b\r\n" % h for h in headers])
+    """Header lines, each ending in CRLF (none for no headers)."""
+    if not headers:
+        return b""
+    return b"\r\n".join(map(_field_line, headers)) + b"\r\n"
 
 
 def request_head_bytes(head: RequestHead, host: bytes | None, added: bytes) -> bytes:
@@ -353,7 +446,9 @@ def response_head_bytes(
         framing += b"Connection: close\r\n"
     elif not client_http11:
         framing += b"Connection: keep-alive\r\n"
-    line = status_line(status, head.reason)
+    line = _STATUS_LINES.get(status) if not head.reason else None
+    if line is None:
+        line = status_line(status, head.reason)
     return b"%b%b%b%b\r\n" % (line, _header_lines(head.kept), added, framing), mode
 
 

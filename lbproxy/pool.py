@@ -51,9 +51,10 @@ class ServerPool:
         self.active += 1
 
     def put(self, conn: PooledConnection, now: float) -> bool:
-        """Return ``conn`` after a clean exchange; False means the caller must close it."""
+        """Return ``conn``, which the caller found usable, after a clean exchange; False means
+        the caller must close it."""
         self.active -= 1
-        if len(self._idle) >= self.max_idle or not conn.is_usable():
+        if len(self._idle) >= self.max_idle:
             return False
         conn.idle_since = now
         self._idle.append(conn)

@@ -88,7 +88,6 @@ class ClientConnection(asyncio.Protocol):
         "_route",
         "_send_buffer",
         "_upstream",
-        "_upstream_deadline",
         "_upstream_keep_alive",
         "_write_paused",
         "transport",
@@ -99,8 +98,10 @@ class ClientConnection(asyncio.Protocol):
         self._ctx = ctx
         self._parser = request_parser(ctx.engine, self, ctx.gateway.max_header_size)
         self.transport: asyncio.Transport | None = None
-        self._deadline = Deadline(ctx.loop, self._on_client_timeout)
-        self._upstream_deadline = Deadline(ctx.loop, self._on_upstream_timeout)
+        # One deadline, whose meaning follows the state: while an exchange is in flight it is
+        # the upstream's (response or progress timeout), otherwise the client's (header
+        # timeout from a request's first byte, or keep-alive idle timeout).
+        self._deadline = Deadline(ctx.loop, self._on_timeout)
         self._pending: deque[tuple[int, Any]] = deque()
         self._paused = 0
         self._closing = False
@@ -142,7 +143,6 @@ class ClientConnection(asyncio.Protocol):
         self._closing = True
         self.transport = None
         self._deadline.cancel()
-        self._upstream_deadline.cancel()
         if self._connect_task is not None:
             self._connect_task.cancel()
         upstream = self._upstream
@@ -181,14 +181,15 @@ class ClientConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         # Remembered: an upstream attached later (next exchange) must start paused too.
         self._write_paused = True
-        self._upstream_deadline.clear()  # a slow client is not a slow upstream
+        if self._head is not None:
+            self._deadline.clear()  # a slow client is not a slow upstream
         if self._upstream is not None and self._upstream.transport is not None:
             self._upstream.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
         if self._route is not None and self._head is not None:
-            self._upstream_deadline.set_in(self._route.timeout)
+            self._deadline.set_in(self._route.timeout)
         if self._upstream is not None and self._upstream.transport is not None:
             self._upstream.transport.resume_reading()
 
@@ -248,7 +249,6 @@ class ClientConnection(asyncio.Protocol):
         self._head = head
         self._head_started = False
         self._keep_alive = head.keep_alive
-        self._deadline.clear()
         try:
             if ctx.draining:
                 raise ShuttingDown("the gateway is shutting down; retry")
@@ -273,7 +273,7 @@ class ClientConnection(asyncio.Protocol):
         via = _VIA if head.via is None else head.via + b", " + _VIA
         added = _ADDED_HEADERS % (via, xff, head.host or b"", request_id)
         data = framing.request_head_bytes(head, route.host, added)
-        self._upstream_deadline.set_in(route.timeout)
+        self._deadline.set_in(route.timeout)
         if upstream is not None:
             self._attach(upstream, head.method, data)  # type: ignore[arg-type]
         else:
@@ -319,7 +319,7 @@ class ClientConnection(asyncio.Protocol):
         if self._upstream is not None:
             self._upstream.write(data)
             if self._route is not None:  # progress: the upstream timeout is an idle timeout
-                self._upstream_deadline.set_in(self._route.timeout)
+                self._deadline.set_in(self._route.timeout)
         elif self._send_buffer is not None:
             self._send_buffer.append(data)
             if sum(map(len, self._send_buffer)) > _CONNECT_BUFFER_LIMIT:
@@ -357,7 +357,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_response_body(self, data: bytes) -> None:
         if self._route is not None:
-            self._upstream_deadline.set_in(self._route.timeout)
+            self._deadline.set_in(self._route.timeout)
         if self._resp_mode == BODY_CHUNKED:
             self.wbuf.append(framing.encode_chunk(data))
         else:
@@ -374,9 +374,12 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def on_response_end(self) -> None:
+        wbuf = self.wbuf
         if self._resp_mode == BODY_CHUNKED:
-            self.wbuf.append(framing.LAST_CHUNK)
-        self.flush()
+            wbuf.append(framing.LAST_CHUNK)
+        if wbuf and self.transport is not None:  # flush(), inline on the hot path
+            self.transport.write(wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))
+        wbuf.clear()
         upstream = self._upstream
         self._upstream = None
         if upstream is not None:
@@ -412,9 +415,13 @@ class ClientConnection(asyncio.Protocol):
         timeout = self._route.timeout if self._route else 0.0
         self._upstream_error(GatewayTimeout(f"no response within {timeout:g}s"))
 
+    def _on_timeout(self) -> None:
+        if self._head is not None:
+            self._on_upstream_timeout()
+        elif not self._pending:
+            self._on_client_timeout()
+
     def _on_client_timeout(self) -> None:
-        if self._head is not None or self._pending:
-            return
         if self._head_started and self.transport is not None:
             timeout = self._ctx.gateway.client_header_timeout
             error = RequestTimeout(f"request head not received in {timeout:g}s")
@@ -450,11 +457,12 @@ class ClientConnection(asyncio.Protocol):
         self._finish_exchange()
 
     def _finish_exchange(self) -> None:
-        self._upstream_deadline.clear()
         if not self._request_done:
+            self._deadline.clear()
             return
-        # Pauses that belonged to this exchange's upstream end with it.
-        self._resume(_PAUSE_UPSTREAM_FULL | _PAUSE_CONNECTING)
+        if self._paused:
+            # Pauses that belonged to this exchange's upstream end with it.
+            self._resume(_PAUSE_UPSTREAM_FULL | _PAUSE_CONNECTING)
         if not self._keep_alive or self.transport is None:
             self._close()
             return
@@ -495,7 +503,6 @@ class ClientConnection(asyncio.Protocol):
         self._closing = True
         self._pending.clear()
         self._deadline.cancel()
-        self._upstream_deadline.cancel()
         if self.transport is not None:
             self.transport.close()
 

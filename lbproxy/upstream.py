@@ -103,7 +103,7 @@ class UpstreamConnection(asyncio.Protocol):
         # Unsent request bytes (the server answered before reading the whole body) would be
         # sent ahead of the next client's request, and their flow control is another's.
         if not (reusable and self._keep_alive and transport is not None) or (
-            transport.get_write_buffer_size()
+            transport.is_closing() or transport.get_write_buffer_size()
         ):
             self.pool.discard(self)
             self.close()
