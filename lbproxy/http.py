@@ -141,6 +141,7 @@ class HttptoolsResponseParser:
         "_reason",
         "_sink",
         "_skip_body",
+        "_status",
     )
 
     def __init__(self, sink: ResponseSink) -> None:
@@ -152,6 +153,7 @@ class HttptoolsResponseParser:
         self._skip_body = False
         self._close_delimited = False
         self._expecting = False
+        self._status = 0
 
     def expect(self, method: bytes, sink: ResponseSink) -> None:
         self._sink = sink
@@ -174,7 +176,7 @@ class HttptoolsResponseParser:
 
     def on_headers_complete(self) -> None:
         p = self._parser
-        status = p.get_status_code()
+        status = self._status = p.get_status_code()
         if status < 100:
             raise UpstreamProtocolError(f"invalid status code {status}")
         head = ResponseHead(status, b"", p.get_http_version() == "1.1", self._headers)
@@ -193,7 +195,7 @@ class HttptoolsResponseParser:
 
     def on_message_complete(self) -> None:
         # llhttp ends a 1xx interim response as a message of its own; the exchange goes on.
-        if not self._skip_body and self._parser.get_status_code() >= 200:
+        if not self._skip_body and self._status >= 200:
             self._expecting = False
             self._sink.on_response_end()
 

@@ -52,17 +52,14 @@ _ADDED_HEADERS = (
     b"X-Forwarded-Proto: http\r\nVia: %b\r\nX-Forwarded-For: %b\r\nX-Forwarded-Host: %b\r\n"
     b"X-Request-Id: %b\r\n"
 )
+# Where the next request head is: none of it yet, begun, begun in an earlier read (timed).
+_HEAD_NONE, _HEAD_BEGUN, _HEAD_TIMED = 0, 1, 2
 # Kinds of queued parser events (requests pipelined behind the exchange in flight).
 _HEAD, _BODY, _END, _ERROR = 0, 1, 2, 3
 
 
 _REQUEST_ID_PREFIX = os.urandom(6).hex().encode()
 _request_numbers = itertools.count(1)
-
-
-def _new_request_id() -> bytes:
-    # Unique, not secret: a per-process random prefix and a counter cost no syscall per request.
-    return b"%b%012x" % (_REQUEST_ID_PREFIX, next(_request_numbers))
 
 
 class ClientConnection(asyncio.Protocol):
@@ -75,7 +72,7 @@ class ClientConnection(asyncio.Protocol):
         "_ctx",
         "_deadline",
         "_head",
-        "_head_started",
+        "_head_state",
         "_input_broken",
         "_keep_alive",
         "_parser",
@@ -107,7 +104,7 @@ class ClientConnection(asyncio.Protocol):
         self._closing = False
         self._client_ip = b""
         self._replaying = False
-        self._head_started = False
+        self._head_state = _HEAD_NONE
         self._input_broken = False
         self._write_paused = False
         # Response bytes of one upstream read, written to the client in one send.
@@ -155,11 +152,8 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing or self._input_broken:
             return
-        if not self._head_started and self._head is None and not self._pending:
-            # The header timeout runs from a request's first byte; later bytes do not extend it
-            # (a client trickling bytes must not hold the connection forever).
-            self._head_started = True
-            self._deadline.set_in(self._ctx.gateway.client_header_timeout)
+        if self._head_state == _HEAD_NONE and self._head is None and not self._pending:
+            self._head_state = _HEAD_BEGUN
         try:
             self._parser.feed(data)
         except HTTPError as exc:
@@ -170,6 +164,14 @@ class ClientConnection(asyncio.Protocol):
                 self._pause(_PAUSE_PIPELINE)
             else:
                 self._fail_request(exc, close=True)
+            return
+        if self._head_state == _HEAD_BEGUN and not self._closing:
+            # A head begun and not ended by this read. The header timeout runs from a request's
+            # first byte (this read: the loop's clock has not moved); later bytes do not extend
+            # it, so a client trickling bytes cannot hold the connection. A head that ends in
+            # the read that began it, the usual case, never arms it.
+            self._head_state = _HEAD_TIMED
+            self._deadline.set_in(self._ctx.gateway.client_header_timeout)
 
     def eof_received(self) -> bool | None:
         # A half-close after a complete request still gets its answer (RFC 9112 9.6).
@@ -247,7 +249,7 @@ class ClientConnection(asyncio.Protocol):
     def _start(self, head: RequestHead) -> None:
         ctx = self._ctx
         self._head = head
-        self._head_started = False
+        self._head_state = _HEAD_NONE
         self._keep_alive = head.keep_alive
         try:
             if ctx.draining:
@@ -264,7 +266,8 @@ class ClientConnection(asyncio.Protocol):
             return
         self._route = route
         self._body_limit = limit
-        request_id = head.request_id or _new_request_id()
+        # Unique, not secret: a per-process random prefix and a counter cost no syscall.
+        request_id = head.request_id or b"%b%012x" % (_REQUEST_ID_PREFIX, next(_request_numbers))
         xff = (
             self._client_ip
             if head.forwarded_for is None
@@ -355,9 +358,12 @@ class ClientConnection(asyncio.Protocol):
         self._response_started = True
         self.wbuf.append(data)
 
-    def on_response_body(self, data: bytes) -> None:
-        if self._route is not None:
+    def on_upstream_progress(self) -> None:
+        """Response bytes arrived and the response goes on: the upstream timeout restarts."""
+        if self._route is not None and not self._write_paused:
             self._deadline.set_in(self._route.timeout)
+
+    def on_response_body(self, data: bytes) -> None:
         if self._resp_mode == BODY_CHUNKED:
             self.wbuf.append(framing.encode_chunk(data))
         else:
@@ -422,7 +428,7 @@ class ClientConnection(asyncio.Protocol):
             self._on_client_timeout()
 
     def _on_client_timeout(self) -> None:
-        if self._head_started and self.transport is not None:
+        if self._head_state != _HEAD_NONE and self.transport is not None:
             timeout = self._ctx.gateway.client_header_timeout
             error = RequestTimeout(f"request head not received in {timeout:g}s")
             self.transport.write(error_response(error, None, keep_alive=False))

@@ -35,6 +35,7 @@ class UpstreamClient(ResponseSink, Protocol):
     wbuf: list[bytes]  # response bytes not yet written to the client
 
     def on_upstream_error(self, error: HTTPError) -> None: ...
+    def on_upstream_progress(self) -> None: ...
     def flush(self) -> None: ...
     def pause_client_reading(self) -> None: ...
     def resume_client_reading(self) -> None: ...
@@ -137,6 +138,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._feeding = False
         if client.wbuf:  # skip the call in the common case: the response ended and was flushed
             client.flush()
+        if self.client is client:
+            client.on_upstream_progress()
         released = self._released
         if released is not None:
             # Only now: a pooled connection handed to a pipelined request inside the feed
