@@ -15,6 +15,9 @@ HostPort = tuple[str, int]
 
 HTTP_PARSERS = ("httptools", "h11")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE")
+SCHEDULERS = ("wrr", "least_conn")
+CHECK_TYPES = ("http", "tcp")
+StatusRange = tuple[int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,17 +57,81 @@ class Instance:
 
 @dataclass(frozen=True, slots=True)
 class ServerRef:
-    """A load balancer listener's server: an instance and the port it serves on."""
+    """A load balancer listener's server: an instance and the port it serves on.
+
+    Weight 0 drains the server: no new requests, in-flight ones finish. A backup server takes
+    traffic only while every primary server is down.
+    """
 
     instance: str
     port: int
     weight: int = 1
+    backup: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """Active checks of each server of a listener; a server starts up and goes down after
+    ``fall`` failed checks in a row, up again after ``rise`` passing ones."""
+
+    type: str = "http"
+    path: str = "/"
+    # Inclusive ranges: `expect = [200, "3xx"]` is ((200, 200), (300, 399)).
+    expect: tuple[StatusRange, ...] = ((200, 299), (300, 399))
+    interval: float = 5.0
+    timeout: float = 2.0
+    rise: int = 2
+    fall: int = 3
+
+    def expects(self, status: int) -> bool:
+        return any(lo <= status <= hi for lo, hi in self.expect)
+
+
+@dataclass(frozen=True, slots=True)
+class Passive:
+    """Outlier detection from real requests: ``max_fails`` consecutive failures eject a server
+    for ``fail_timeout`` seconds (``max_fails = 0`` turns it off). Connect errors, timeouts and
+    resets are failures; responses with a status in ``fail_statuses`` too."""
+
+    max_fails: int = 3
+    fail_timeout: float = 10.0
+    fail_statuses: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """``tries``: how many times one request may be sent (connect failures send nothing, so they
+    move on without counting). ``try_timeout``: how long one try may wait for its response
+    (None: the route's own timeout). ``budget``: the fraction of a listener's in-flight requests
+    that may be retrying at once."""
+
+    tries: int = 2
+    try_timeout: float | None = None
+    budget: float = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLimits:
+    """Per server. ``max_connections`` None is unlimited; beyond it a request waits in a queue of
+    at most ``max_queue`` for ``queue_timeout`` seconds, then gets 503."""
+
+    max_idle: int = 64
+    idle_timeout: float = 60.0
+    max_connections: int | None = None
+    max_queue: int = 128
+    queue_timeout: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
 class Listener:
     port: int
     servers: tuple[ServerRef, ...]
+    scheduler: str = "wrr"
+    slow_start: float = 0.0
+    health_check: HealthCheck | None = None
+    passive: Passive = Passive()
+    retry: RetryPolicy = RetryPolicy()
+    pool: PoolLimits = PoolLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +155,9 @@ class Authorization:
     target: str
     port: int
     host: str | None = None
+    # TLS to the target, verified (with SNI) against ca_file, or the system's CAs when None.
+    tls: bool = False
+    ca_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,9 +7,9 @@ Unknown keys are errors, because a misspelt key silently ignored is a misconfigu
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from lbproxy import configcheck
 from lbproxy.config import (
@@ -21,131 +21,13 @@ from lbproxy.config import (
     GatewayConfig,
     HostPort,
     Instance,
-    IPAddress,
     IPNetwork,
-    Listener,
-    LoadBalancer,
-    ServerRef,
+    PoolLimits,
     Vpc,
 )
+from lbproxy.configlb import read_load_balancer
+from lbproxy.configreader import Reader, parse
 from lbproxy.errors import ConfigError, ConfigProblem
-
-T = TypeVar("T")
-_MISSING: Any = object()
-
-
-class _Reader:
-    """Reads one TOML table, recording a problem (with its key path) for every bad value."""
-
-    def __init__(self, data: dict[str, Any], path: str, problems: list[tuple[str, str]]) -> None:
-        self._data = data
-        self._path = path
-        self._problems = problems
-        self._seen: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self._path}.{name}" if self._path else name
-
-    def problem(self, name: str, message: str) -> None:
-        self._problems.append((self.key(name), message))
-
-    def _get(self, name: str, default: Any, kind: type | tuple[type, ...], what: str) -> Any:
-        self._seen.add(name)
-        if name not in self._data:
-            if default is _MISSING:
-                self.problem(name, f"missing; add {name} = <{what}>")
-            return default
-        value = self._data[name]
-        # bool is an int subclass in Python, but `port = true` is a mistake, not a port.
-        if isinstance(value, bool) and bool not in _as_tuple(kind):
-            self.problem(name, f"expected {what}, got {value!r}")
-            return default
-        if not isinstance(value, kind):
-            self.problem(name, f"expected {what}, got {_describe(value)}")
-            return default
-        return value
-
-    def string(self, name: str, default: Any = _MISSING) -> Any:
-        value = self._get(name, default, str, "a string")
-        if isinstance(value, str) and not value.strip():
-            self.problem(name, "must not be empty")
-        return value
-
-    def boolean(self, name: str, default: Any = _MISSING) -> Any:
-        return self._get(name, default, bool, "true or false")
-
-    def integer(self, name: str, default: Any = _MISSING, lo: int = 0, hi: int = 2**63) -> Any:
-        value = self._get(name, default, int, "an integer")
-        if isinstance(value, int) and value is not default and not lo <= value <= hi:
-            self.problem(name, f"{value} is out of range; use {lo}..{hi}")
-            return default
-        return value
-
-    def port(self, name: str, default: Any = _MISSING) -> Any:
-        return self.integer(name, default, 1, 65535)
-
-    def seconds(self, name: str, default: Any = _MISSING) -> Any:
-        value = self._get(name, default, (int, float), "a number of seconds")
-        if isinstance(value, int | float) and value is not default and not 0 < value < 1e9:
-            self.problem(name, f"{value} is not a usable number of seconds; use e.g. 10.0")
-            return default
-        return float(value) if isinstance(value, int | float) else value
-
-    def str_list(self, name: str, default: Any = _MISSING) -> Any:
-        value = self._get(name, default, list, "a list of strings")
-        if isinstance(value, list) and value is not default:
-            for i, item in enumerate(value):
-                if not isinstance(item, str):
-                    self.problem(f"{name}[{i}]", f"expected a string, got {_describe(item)}")
-                    return default
-        return value
-
-    def ip(self, name: str, default: Any = _MISSING) -> IPAddress | None:
-        text = self.string(name, default)
-        if not isinstance(text, str) or not text.strip():
-            return None
-        return _parse(self, name, text, ipaddress.ip_address, "an IP address")
-
-    def has(self, name: str) -> bool:
-        return name in self._data
-
-    def table(self, name: str) -> _Reader | None:
-        value = self._get(name, None, dict, "a table")
-        return None if value is None else _Reader(value, self.key(name), self._problems)
-
-    def tables(self, name: str) -> list[_Reader]:
-        value = self._get(name, [], list, "an array of tables ([[...]])")
-        readers = []
-        for i, item in enumerate(value):
-            if isinstance(item, dict):
-                readers.append(_Reader(item, f"{self.key(name)}[{i}]", self._problems))
-            else:
-                self._problems.append((f"{self.key(name)}[{i}]", "expected a table"))
-        return readers
-
-    def finish(self) -> None:
-        for name in self._data:
-            if name not in self._seen:
-                known = ", ".join(sorted(self._seen))
-                self.problem(name, f"unknown key; known keys here: {known}")
-
-
-def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kind if isinstance(kind, tuple) else (kind,)
-
-
-def _describe(value: object) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}
-    names |= {list: "an array", dict: "a table"}
-    return f"{names.get(type(value), type(value).__name__)} ({value!r})"
-
-
-def _parse(reader: _Reader, name: str, text: str, parse: Callable[[str], T], what: str) -> T | None:
-    try:
-        return parse(text)
-    except ValueError:
-        reader.problem(name, f"{text!r} is not {what}")
-        return None
 
 
 def parse_host_port(text: str) -> HostPort:
@@ -161,11 +43,11 @@ def parse_host_port(text: str) -> HostPort:
     return host, port
 
 
-def _address(reader: _Reader, name: str, text: str) -> HostPort | None:
-    return _parse(reader, name, text, parse_host_port, "an address like 127.0.0.1:8080")
+def _address(reader: Reader, name: str, text: str) -> HostPort | None:
+    return parse(reader, name, text, parse_host_port, "an address like 127.0.0.1:8080")
 
 
-def _read_gateway(r: _Reader) -> GatewayConfig | None:
+def _read_gateway(r: Reader) -> GatewayConfig | None:
     region = r.string("region")
     listen_text = r.str_list("listen", ["127.0.0.1:8080"])
     listen = [_address(r, f"listen[{i}]", t) for i, t in enumerate(listen_text or [])]
@@ -195,14 +77,14 @@ def _read_gateway(r: _Reader) -> GatewayConfig | None:
     return gw if isinstance(region, str) else None
 
 
-def _read_vpc(r: _Reader) -> Vpc:
+def _read_vpc(r: Reader) -> Vpc:
     cidrs = []
     texts = r.str_list("cidrs")
     texts = texts if isinstance(texts, list) else []
     if r.has("cidrs") and not texts:
         r.problem("cidrs", 'needs at least one CIDR, e.g. ["10.0.0.0/16"]')
     for i, text in enumerate(texts):
-        net = _parse(r, f"cidrs[{i}]", text, _network, "a CIDR like 10.0.0.0/16")
+        net = parse(r, f"cidrs[{i}]", text, _network, "a CIDR like 10.0.0.0/16")
         if net is not None:
             cidrs.append(net)
     vpc = Vpc(id=r.string("id"), region=r.string("region"), cidrs=tuple(cidrs))
@@ -214,52 +96,54 @@ def _network(text: str) -> IPNetwork:
     return ipaddress.ip_network(text, strict=True)
 
 
-def _read_instance(r: _Reader) -> Instance:
+def _read_instance(r: Reader) -> Instance:
     inst = Instance(id=r.string("id"), vpc=r.string("vpc"), ip=r.ip("ip"))  # type: ignore[arg-type]
     r.finish()
     return inst
 
 
-def _read_load_balancer(r: _Reader) -> LoadBalancer:
-    lb_id, vpc, ip = r.string("id"), r.string("vpc"), r.ip("ip")
-    internal = r.boolean("internal", True)
-    listeners = tuple(_read_listener(t) for t in r.tables("listener"))
-    if not listeners:
-        r.problem("listener", "a load balancer needs at least one [[load_balancer.listener]]")
-    r.finish()
-    return LoadBalancer(id=lb_id, vpc=vpc, ip=ip, internal=internal, listeners=listeners)  # type: ignore[arg-type]
-
-
-def _read_listener(r: _Reader) -> Listener:
-    port = r.port("port")
-    servers = tuple(_read_server(t) for t in r.tables("servers"))
-    if not servers:
-        r.problem("servers", "a listener needs at least one server: { instance = ..., port = ... }")
-    r.finish()
-    return Listener(port=port, servers=servers)
-
-
-def _read_server(r: _Reader) -> ServerRef:
-    ref = ServerRef(
-        instance=r.string("instance"), port=r.port("port"), weight=r.integer("weight", 1, 1, 1000)
-    )
-    r.finish()
-    return ref
-
-
-def _read_authorization(r: _Reader) -> Authorization:
+def _read_authorization(r: Reader, base_dir: str) -> Authorization:
     auth = Authorization(
         name=r.string("name"),
         vpc=r.string("vpc"),
         target=r.string("target"),
         port=r.port("port"),
         host=r.string("host", None),
+        tls=r.boolean("tls", False),
+        ca_file=_read_ca_file(r, base_dir),
     )
+    if auth.ca_file is not None and auth.tls is not True:
+        r.problem("ca_file", "verifies the server's certificate, but tls is off; add tls = true")
     r.finish()
     return auth
 
 
-def _read_api(r: _Reader) -> Api:
+def _read_ca_file(r: Reader, base_dir: str) -> str | None:
+    name = r.string("ca_file", None)
+    if not isinstance(name, str) or not name.strip():
+        return None
+    # Relative to the configuration file, so a config and its CA can move together.
+    path = os.path.join(base_dir, name)
+    problem = _ca_file_problem(path)
+    if problem:
+        r.problem("ca_file", problem)
+    return path
+
+
+def _ca_file_problem(path: str) -> str | None:
+    """Why ``path`` cannot serve as a CA bundle, or None. Only the PEM marker is looked for:
+    the TLS layer parses the certificates when it builds its context."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(1024 * 1024)
+    except OSError as exc:
+        return f"cannot read {path!r}: {exc.strerror}"
+    if b"-----BEGIN CERTIFICATE-----" not in text:
+        return f"{path!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+    return None
+
+
+def _read_api(r: Reader) -> Api:
     name, methods, path = r.string("name"), r.str_list("methods", ["GET"]), r.string("path")
     backend_reader = r.table("backend")
     if backend_reader is not None:
@@ -274,7 +158,7 @@ def _read_api(r: _Reader) -> Api:
     return Api(name=name, methods=methods, path=path, backend=backend, max_body_size=body)
 
 
-def _read_backend(r: _Reader) -> Backend:
+def _read_backend(r: Reader) -> Backend:
     kind = r.string("type", "vpc")
     if kind != "vpc":
         r.problem(
@@ -292,18 +176,25 @@ def _read_backend(r: _Reader) -> Backend:
 def parse_config(data: dict[str, Any], file: str) -> Config:
     """Build a ``Config`` from parsed TOML; raise ``ConfigError`` naming every problem."""
     problems: list[tuple[str, str]] = []
-    root = _Reader(data, "", problems)
+    root = Reader(data, "", problems)
     gw_reader = root.table("gateway")
     gateway = _read_gateway(gw_reader) if gw_reader else None
     if gw_reader is None and not root.has("gateway"):
         problems.append(("gateway", 'missing; add a [gateway] table with region = "..."'))
+    gateway = gateway or GatewayConfig(region="", listen=())
+    pool = PoolLimits(
+        max_idle=gateway.upstream_max_idle, idle_timeout=gateway.upstream_idle_timeout
+    )
+    base_dir = os.path.dirname(file)
     config = Config(
         file=file,
-        gateway=gateway or GatewayConfig(region="", listen=()),
+        gateway=gateway,
         vpcs=tuple(_read_vpc(t) for t in root.tables("vpc")),
         instances=tuple(_read_instance(t) for t in root.tables("instance")),
-        load_balancers=tuple(_read_load_balancer(t) for t in root.tables("load_balancer")),
-        authorizations=tuple(_read_authorization(t) for t in root.tables("authorization")),
+        load_balancers=tuple(read_load_balancer(t, pool) for t in root.tables("load_balancer")),
+        authorizations=tuple(
+            _read_authorization(t, base_dir) for t in root.tables("authorization")
+        ),
         apis=tuple(_read_api(t) for t in root.tables("api")),
     )
     root.finish()

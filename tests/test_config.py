@@ -37,6 +37,7 @@ GATEWAY_KEYS = (
     "listen, max_body_size, max_header_size, region, upstream_idle_timeout, upstream_max_idle, "
     "upstream_timeout"
 )
+LISTENER_KEYS = "health_check, passive, pool, port, retry, scheduler, servers, slow_start"
 WEB_TARGETS = "`i-web-1`, `i-web-2`, `i-web-3`, `lb-web`"
 
 VPC_B = {"id": "vpc-b", "region": "cn-hangzhou", "cidrs": ["10.1.0.0/16"]}
@@ -293,14 +294,19 @@ BAD_VALUES = [
         [
             (
                 "load_balancer[0].listener[0].servers[1].wieght",
-                "unknown key; known keys here: instance, port, weight",
+                "unknown key; known keys here: backup, instance, port, weight",
             )
         ],
         id="unknown-listener-server-key",
     ),
     pytest.param(
         (put("load_balancer[0].listener[0].protocol", "http"),),
-        [("load_balancer[0].listener[0].protocol", "unknown key; known keys here: port, servers")],
+        [
+            (
+                "load_balancer[0].listener[0].protocol",
+                f"unknown key; known keys here: {LISTENER_KEYS}",
+            )
+        ],
         id="unknown-listener-key",
     ),
     pytest.param(
@@ -391,9 +397,9 @@ BAD_VALUES = [
         id="server-port-negative",
     ),
     pytest.param(
-        (put("load_balancer[0].listener[0].servers[2].weight", 0),),
-        [("load_balancer[0].listener[0].servers[2].weight", "0 is out of range; use 1..1000")],
-        id="weight-zero",
+        (put("load_balancer[0].listener[0].servers[2].weight", 1001),),
+        [("load_balancer[0].listener[0].servers[2].weight", "1001 is out of range; use 0..1000")],
+        id="weight-too-high",
     ),
     pytest.param(
         (put("gateway.max_header_size", 100),),
@@ -565,7 +571,7 @@ BAD_VALUES = [
             ("authorization[0].port", "expected an integer, got a string ('8081')"),
             (
                 "authorization[0].tagret",
-                "unknown key; known keys here: host, name, port, target, vpc",
+                "unknown key; known keys here: ca_file, host, name, port, target, tls, vpc",
             ),
             ("api[0].path", "missing; add path = <a string>"),
         ],
