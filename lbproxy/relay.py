@@ -195,12 +195,6 @@ class ClientConnection(asyncio.Protocol):
         if self._upstream is not None and self._upstream.transport is not None:
             self._upstream.transport.resume_reading()
 
-    def _attach(self, upstream: UpstreamConnection, method: bytes, data: bytes) -> None:
-        self._upstream = upstream
-        if self._write_paused and upstream.transport is not None:
-            upstream.transport.pause_reading()
-        upstream.send(self, method, data)
-
     # -- read pausing (flow control) --------------------------------------------------------
 
     def _pause(self, reason: int) -> None:
@@ -242,7 +236,11 @@ class ClientConnection(asyncio.Protocol):
         if self._pending:
             self._pending.append((_END, None))
         elif not self._closing:
-            self._end_request()
+            head = self._head
+            if head is not None and not head.chunked:
+                self._request_done = True  # _end_request(), inline for the usual case
+            else:
+                self._end_request()
 
     # -- request side ---------------------------------------------------------------------------
 
@@ -259,7 +257,8 @@ class ClientConnection(asyncio.Protocol):
             if head.content_length > limit:
                 raise PayloadTooLarge(f"body of {head.content_length} bytes exceeds {limit}")
             endpoint = route.group.pick()
-            upstream = ctx.pools.take_idle(route.reach, endpoint)
+            # The pool holds only UpstreamConnections; it is typed by the protocol it needs.
+            upstream: UpstreamConnection | None = ctx.pools.take_idle(route.reach, endpoint)  # type: ignore[assignment]
         except HTTPError as exc:
             # The body (if any) was not read: the connection cannot carry another request.
             self._fail_request(exc, close=head.has_body())
@@ -278,7 +277,9 @@ class ClientConnection(asyncio.Protocol):
         data = framing.request_head_bytes(head, route.host, added)
         self._deadline.set_in(route.timeout)
         if upstream is not None:
-            self._attach(upstream, head.method, data)  # type: ignore[arg-type]
+            self._upstream = upstream
+            # A client that cannot take more response bytes now holds the response back.
+            upstream.send(self, head.method, data, self._write_paused)
         else:
             self._send_buffer = [data]
             self._connect_task = ctx.loop.create_task(self._connect(endpoint, head.method))
@@ -303,7 +304,8 @@ class ClientConnection(asyncio.Protocol):
             upstream.release(reusable=True)
             return
         self._send_buffer = None
-        self._attach(upstream, method, b"".join(buffered))
+        self._upstream = upstream
+        upstream.send(self, method, b"".join(buffered), self._write_paused)
         self._resume(_PAUSE_CONNECTING)
 
     def _forward_body(self, data: bytes) -> None:

@@ -81,12 +81,16 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- exchange ---------------------------------------------------------------------------
 
-    def send(self, client: UpstreamClient, method: bytes, data: bytes) -> None:
-        """Start an exchange for ``client``: the request head (and any body bytes so far)."""
+    def send(self, client: UpstreamClient, method: bytes, data: bytes, paused: bool) -> None:
+        """Start an exchange for ``client``: the request head (and any body bytes so far);
+        ``paused`` when the client cannot take response bytes yet (flow control)."""
         self.client = client
         self._parser.expect(method, client)
-        assert self.transport is not None
-        self.transport.write(data)
+        transport = self.transport
+        assert transport is not None
+        if paused:
+            transport.pause_reading()
+        transport.write(data)
 
     def write(self, data: bytes) -> None:
         assert self.transport is not None
