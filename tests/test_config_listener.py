@@ -428,3 +428,19 @@ def test_bad_ca_files(tmp_path: Path) -> None:
 )
 def test_bad_tls_values(edits: tuple[Edit, ...], expected: list[tuple[str, str]]) -> None:
     assert problem_lines(demo_with(*edits)) == lines(*expected)
+
+
+def test_the_high_availability_example_loads() -> None:
+    path = Path(__file__).parent.parent / "examples" / "high-availability.toml"
+    (listener,) = load_config(str(path)).load_balancers[0].listeners
+    assert (listener.scheduler, listener.slow_start) == ("least_conn", 30.0)
+    assert [(s.weight, s.backup) for s in listener.servers] == [
+        (2, False),
+        (2, False),
+        (0, False),
+        (1, True),
+    ]
+    assert listener.health_check == HealthCheck(path="/healthz", expect=((200, 200), (300, 399)))
+    assert listener.passive == Passive(3, 10.0, (502, 503, 504))
+    assert listener.retry == RetryPolicy(2, 3.0, 0.2)
+    assert listener.pool == PoolLimits(32, 30.0, 256, 128, 1.0)
