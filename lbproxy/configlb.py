@@ -112,21 +112,27 @@ def _read_health_check(r: Reader) -> HealthCheck:
     path = r.string("path", default.path)
     if isinstance(path, str) and not path.startswith("/"):
         r.problem("path", f"{path!r} must start with '/', e.g. \"/healthz\"")
+    expect = _read_expect(r, default.expect)
+    interval = r.seconds("interval", default.interval)
+    timeout = r.seconds("timeout", None)
+    if timeout is None:
+        # A short interval shortens the default timeout rather than contradict it.
+        timeout = min(default.timeout, interval)
+    elif timeout > interval:
+        r.problem(
+            "timeout",
+            f"{timeout} is longer than interval {interval}; a check must end before the next "
+            "one starts",
+        )
     check = HealthCheck(
         type=kind,
         path=path,
-        expect=_read_expect(r, default.expect),
-        interval=r.seconds("interval", default.interval),
-        timeout=r.seconds("timeout", default.timeout),
+        expect=expect,
+        interval=interval,
+        timeout=timeout,
         rise=r.integer("rise", default.rise, 1, 100),
         fall=r.integer("fall", default.fall, 1, 100),
     )
-    if isinstance(check.timeout, float) and check.timeout > check.interval:
-        r.problem(
-            "timeout",
-            f"{check.timeout} is longer than interval {check.interval}; a check must end "
-            "before the next one starts",
-        )
     r.finish()
     return check
 

@@ -92,8 +92,9 @@ def test_every_listener_key_set() -> None:
         ({"expect": ["2xx"]}, HealthCheck(expect=((200, 299),))),
         ({"expect": [204, 200]}, HealthCheck(expect=((204, 204), (200, 200)))),
         ({"interval": 1, "timeout": 1}, HealthCheck(interval=1.0, timeout=1.0)),
+        ({"interval": 0.5}, HealthCheck(interval=0.5, timeout=0.5)),
     ],
-    ids=["defaults", "tcp", "class", "statuses", "timeout-equal-to-interval"],
+    ids=["defaults", "tcp", "class", "statuses", "timeout-equal-to-interval", "short-interval"],
 )
 def test_health_check_values(table: dict[str, Any], expected: HealthCheck) -> None:
     assert listener_of(put(f"{LISTENER}.health_check", table)).health_check == expected
