@@ -99,6 +99,10 @@ class UpstreamNotAuthorized(BadGateway):
 class UpstreamConnectFailed(BadGateway):
     reason = "upstream_connect_failed"
 
+    def __init__(self, detail: str = "", errno: int | None = None) -> None:
+        self.errno = errno  # why, for retries: refused and unreachable differ
+        super().__init__(detail)
+
 
 class UpstreamProtocolError(BadGateway):
     reason = "upstream_protocol_error"

@@ -151,20 +151,31 @@ class PassiveState:
 class HealthBoard:
     """The health of one listener's servers, writing its verdicts to the host table."""
 
-    __slots__ = ("_active", "_check", "_fail_statuses", "_passive", "_settings", "table")
+    __slots__ = (
+        "_active",
+        "_check",
+        "_passive",
+        "_settings",
+        "fail_statuses",
+        "table",
+        "troubled",
+    )
 
     def __init__(self, table: HostTable, passive: Passive, check: HealthCheck | None) -> None:
         self.table = table
         self._settings = passive
-        self._fail_statuses = frozenset(passive.fail_statuses)
+        self.fail_statuses = frozenset(passive.fail_statuses)
         self._check = check
         count = len(table.hosts)
         self._passive = [PassiveState() for _ in range(count)]
         self._active = [ActiveState(check.rise, check.fall) for _ in range(count)] if check else []
+        # Some server has failures counted or is out: only then must successes be recorded,
+        # which spares the relay a call per request while every server is well.
+        self.troubled = False
 
     def is_failure_status(self, status: int) -> bool:
         """A response status that passive health counts as a failure (``fail_statuses``)."""
-        return status in self._fail_statuses
+        return status in self.fail_statuses
 
     def phase(self, index: int, now: float) -> str:
         """``up``, ``down`` (active checks), ``ejected`` or ``half_open``, for status pages."""
@@ -210,12 +221,14 @@ class HealthBoard:
         state = self._passive[index]
         if state.phase == "ok":
             state.fails = 0
+            self._recheck_trouble()
             return NO_TRANSITIONS
         lapsed = self._lapse(index, state, now)
         if state.phase == "ejected":
             return lapsed  # a request sent before the ejection; it does not end it
         state.phase = "ok"
         state.fails = 0
+        self._recheck_trouble()
         recovered = self._transition(index, Event.RECOVERED, "a request succeeded", now)
         return (*lapsed, recovered)
 
@@ -224,6 +237,7 @@ class HealthBoard:
         state = self._passive[index]
         if settings.max_fails == 0:
             return NO_TRANSITIONS
+        self.troubled = True
         lapsed = self._lapse(index, state, now)
         if state.phase == "ejected":
             return lapsed
@@ -242,6 +256,10 @@ class HealthBoard:
             index, Event.EJECTED, f"{why}; out for {settings.fail_timeout:g} s", now
         )
         return (*lapsed, ejected)
+
+    def _recheck_trouble(self) -> None:
+        if self.troubled:
+            self.troubled = any(s.fails or s.phase != "ok" for s in self._passive)
 
     def poll(self, now: float) -> tuple[Transition, ...]:
         """Ejections whose time is up, as half-open transitions. The balancer needs no poll (it

@@ -26,18 +26,21 @@ from lbproxy.errors import (
     HTTPError,
     PayloadTooLarge,
     RequestTimeout,
+    ServiceUnavailable,
     ShuttingDown,
     UpstreamNotAuthorized,
 )
+from lbproxy.failover import Failover, connect_failure, exchange_failure
 from lbproxy.framing import BODY_CHUNKED, BODY_NONE, RequestHead, ResponseHead
 from lbproxy.http import request_parser
 from lbproxy.responses import error_response
+from lbproxy.retry import Failure
 from lbproxy.router import request_path
 from lbproxy.upstream import UpstreamConnection, open_connection
 
 if TYPE_CHECKING:
     from lbproxy.authz import Endpoint
-    from lbproxy.routes import RelayContext, Route
+    from lbproxy.routes import RelayContext, Route, ServerGroup
 
 log = logging.getLogger("lbproxy.relay")
 
@@ -46,6 +49,9 @@ _PAUSE_PIPELINE = 1
 _PAUSE_UPSTREAM_FULL = 2
 _PAUSE_CONNECTING = 4
 _CONNECT_BUFFER_LIMIT = 256 * 1024
+# Request bytes held to send again if a try fails (Envoy's per-request buffer limit is 64 KiB
+# too); a larger request is sent once, whatever its method.
+_RESEND_LIMIT = 64 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _VIA = b"1.1 lbproxy"
 _ADDED_HEADERS = (
@@ -71,8 +77,11 @@ class ClientConnection(asyncio.Protocol):
         "_connect_task",
         "_ctx",
         "_deadline",
+        "_failover",
+        "_group",
         "_head",
         "_head_state",
+        "_host",
         "_input_broken",
         "_keep_alive",
         "_parser",
@@ -80,6 +89,8 @@ class ClientConnection(asyncio.Protocol):
         "_pending",
         "_replaying",
         "_request_done",
+        "_resend",
+        "_resend_size",
         "_resp_mode",
         "_response_started",
         "_route",
@@ -110,6 +121,7 @@ class ClientConnection(asyncio.Protocol):
         # Response bytes of one upstream read, written to the client in one send.
         self.wbuf: list[bytes] = []
         self._connect_task: asyncio.Task[None] | None = None
+        self._group: ServerGroup | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -124,6 +136,13 @@ class ClientConnection(asyncio.Protocol):
         self._keep_alive = True
         self._body_seen = 0
         self._body_limit = 0
+        # The request's accounting in its server group: the host of the try in flight (-1:
+        # none), the failover once a try failed, and the request bytes kept to send again.
+        self._group = None
+        self._host = -1
+        self._failover: Failover | None = None
+        self._resend: list[bytes] | None = None
+        self._resend_size = 0
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -139,6 +158,7 @@ class ClientConnection(asyncio.Protocol):
         self._ctx.connections.discard(self)
         self._closing = True
         self.transport = None
+        self._settle()
         self._deadline.cancel()
         if self._connect_task is not None:
             self._connect_task.cancel()
@@ -191,7 +211,7 @@ class ClientConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         if self._route is not None and self._head is not None:
-            self._deadline.set_in(self._route.timeout)
+            self._deadline.set_in(self._route.try_timeout)
         if self._upstream is not None and self._upstream.transport is not None:
             self._upstream.transport.resume_reading()
 
@@ -256,9 +276,10 @@ class ClientConnection(asyncio.Protocol):
             limit = route.max_body
             if head.content_length > limit:
                 raise PayloadTooLarge(f"body of {head.content_length} bytes exceeds {limit}")
-            endpoint = route.group.pick()
-            # The pool holds only UpstreamConnections; it is typed by the protocol it needs.
-            upstream: UpstreamConnection | None = ctx.pools.take_idle(route.reach, endpoint)  # type: ignore[assignment]
+            group = route.group
+            host = group.pick(ctx.loop.time())
+            if host is None:  # unreachable: a listener has a server of weight 1 or more
+                raise ServiceUnavailable(f"no server of {group.name} takes requests")
         except HTTPError as exc:
             # The body (if any) was not read: the connection cannot carry another request.
             self._fail_request(exc, close=head.has_body())
@@ -275,7 +296,34 @@ class ClientConnection(asyncio.Protocol):
         via = _VIA if head.via is None else head.via + b", " + _VIA
         added = _ADDED_HEADERS % (via, xff, head.host or b"", request_id)
         data = framing.request_head_bytes(head, route.host, added)
-        self._deadline.set_in(route.timeout)
+        group.budget.requests += 1
+        self._group = group
+        self._resend = [data]
+        self._resend_size = len(data)
+        self._try(host, data, fresh=False)
+        if head.expect_continue and head.has_body() and self.transport is not None:
+            self.transport.write(_CONTINUE)
+
+    def _try(self, host: int, data: bytes, fresh: bool) -> None:
+        """Send the request (``data``: every byte of it so far) to the group's server ``host``,
+        on a pooled connection unless ``fresh``."""
+        ctx = self._ctx
+        route = self._route
+        group = self._group
+        head = self._head
+        assert route is not None and group is not None and head is not None
+        self._host = host
+        group.table.hosts[host].in_flight += 1  # what least_conn weighs
+        endpoint = group.endpoints[host]
+        try:
+            # The pool holds only UpstreamConnections; it is typed by the protocol it needs.
+            upstream: UpstreamConnection | None = (
+                None if fresh else ctx.pools.take_idle(route.reach, endpoint)  # type: ignore[assignment]
+            )
+        except HTTPError as exc:  # the authorization gate refused: no other server will do
+            self._fail_request(exc, close=not self._request_done)
+            return
+        self._deadline.set_in(route.try_timeout)
         if upstream is not None:
             self._upstream = upstream
             # A client that cannot take more response bytes now holds the response back.
@@ -283,8 +331,6 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._send_buffer = [data]
             self._connect_task = ctx.loop.create_task(self._connect(endpoint, head.method))
-        if head.expect_continue and head.has_body() and self.transport is not None:
-            self.transport.write(_CONTINUE)
 
     async def _connect(self, endpoint: Endpoint, method: bytes) -> None:
         ctx = self._ctx
@@ -296,7 +342,7 @@ class ClientConnection(asyncio.Protocol):
             )
         except HTTPError as exc:
             self._connect_task = None
-            self._upstream_error(exc)
+            self._try_failed(exc, connect_failure(exc))
             return
         self._connect_task = None
         buffered = self._send_buffer
@@ -307,6 +353,48 @@ class ClientConnection(asyncio.Protocol):
         self._upstream = upstream
         upstream.send(self, method, b"".join(buffered), self._write_paused)
         self._resume(_PAUSE_CONNECTING)
+
+    def _try_failed(self, error: HTTPError, failure: Failure | None) -> None:
+        """A try failed with ``error``: try again where that is safe, else answer it."""
+        group = self._group
+        host = self._host
+        head = self._head
+        if group is None or head is None or failure is None or host < 0:
+            self._upstream_error(error)
+            return
+        self._host = -1
+        group.table.hosts[host].in_flight -= 1
+        if self._failover is None:
+            self._failover = Failover(group, head)
+        now = self._ctx.loop.time()
+        resend = self._resend
+        if resend is None and failure.is_connect:
+            resend = self._send_buffer  # nothing was sent: what waited for the connect
+        following = self._failover.next_try(
+            host, failure, self._response_started, resend is not None, now
+        )
+        if following is None or resend is None:
+            self._upstream_error(self._failover.final_error(error, now))
+            return
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+            self._connect_task = None
+        self._send_buffer = None
+        self._try(following[0], b"".join(resend), fresh=following[1])
+
+    def _settle(self) -> None:
+        """The request is over (answered, failed or abandoned): its counts end."""
+        group = self._group
+        if group is None:
+            return
+        self._group = None
+        if self._host >= 0:
+            group.table.hosts[self._host].in_flight -= 1
+            self._host = -1
+        group.budget.requests -= 1
+        if self._failover is not None:
+            self._failover.finish()
+            self._failover = None
 
     def _forward_body(self, data: bytes) -> None:
         self._body_seen += len(data)
@@ -321,10 +409,17 @@ class ClientConnection(asyncio.Protocol):
         self._write_upstream(data)
 
     def _write_upstream(self, data: bytes) -> None:
+        resend = self._resend
+        if resend is not None:
+            self._resend_size += len(data)
+            if self._resend_size <= _RESEND_LIMIT:
+                resend.append(data)
+            else:
+                self._resend = None  # too large to hold: a failure after sending is final
         if self._upstream is not None:
             self._upstream.write(data)
             if self._route is not None:  # progress: the upstream timeout is an idle timeout
-                self._deadline.set_in(self._route.timeout)
+                self._deadline.set_in(self._route.try_timeout)
         elif self._send_buffer is not None:
             self._send_buffer.append(data)
             if sum(map(len, self._send_buffer)) > _CONNECT_BUFFER_LIMIT:
@@ -349,6 +444,9 @@ class ClientConnection(asyncio.Protocol):
             if head.status != 100 and request.http11:
                 self.wbuf.append(framing.interim_head_bytes(head))
             return
+        group = self._group
+        if group is not None and (group.board.troubled or group.board.fail_statuses):
+            self._report_status(group, head.status)
         self._upstream_keep_alive = head.keep_alive
         keep_alive = self._keep_alive and not self._closing
         if self._ctx.draining and not self._pending:
@@ -363,7 +461,17 @@ class ClientConnection(asyncio.Protocol):
     def on_upstream_progress(self) -> None:
         """Response bytes arrived and the response goes on: the upstream timeout restarts."""
         if self._route is not None and not self._write_paused:
-            self._deadline.set_in(self._route.timeout)
+            self._deadline.set_in(self._route.try_timeout)
+
+    def _report_status(self, group: ServerGroup, status: int) -> None:
+        """Passive health hears of the answer (only while it has something to learn)."""
+        if self._host < 0:
+            return
+        now = self._ctx.loop.time()
+        if group.board.is_failure_status(status):
+            group.report_failure(self._host, f"status {status}", now)
+        else:
+            group.report_success(self._host, now)
 
     def on_response_body(self, data: bytes) -> None:
         if self._resp_mode == BODY_CHUNKED:
@@ -400,8 +508,10 @@ class ClientConnection(asyncio.Protocol):
         self._finish_exchange()
 
     def on_upstream_error(self, error: HTTPError) -> None:
+        upstream = self._upstream
         self._upstream = None
-        self._upstream_error(error)
+        stale = upstream is not None and upstream.exchanges > 1 and not upstream.answered
+        self._try_failed(error, exchange_failure(error, stale))
 
     def _upstream_error(self, error: HTTPError) -> None:
         self.flush()
@@ -417,11 +527,14 @@ class ClientConnection(asyncio.Protocol):
         self._upstream = None
         if upstream is not None:
             upstream.abandon()
-        if self._connect_task is not None:
-            self._connect_task.cancel()
+        timeout = self._route.try_timeout if self._route else 0.0
+        task = self._connect_task
+        connecting = task is not None
+        if task is not None:
+            task.cancel()
             self._connect_task = None
-        timeout = self._route.timeout if self._route else 0.0
-        self._upstream_error(GatewayTimeout(f"no response within {timeout:g}s"))
+        error = GatewayTimeout(f"no response within {timeout:g}s")
+        self._try_failed(error, Failure.CONNECT_TIMEOUT if connecting else Failure.TIMEOUT)
 
     def _on_timeout(self) -> None:
         if self._head is not None:
@@ -477,6 +590,7 @@ class ClientConnection(asyncio.Protocol):
         if self._ctx.draining and not self._pending:
             self._close()
             return
+        self._settle()
         self._reset()
         self._deadline.set_in(self._ctx.gateway.keepalive_timeout)
         if self._pending:
@@ -509,6 +623,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _close(self) -> None:
         self._closing = True
+        self._settle()
         self._pending.clear()
         self._deadline.cancel()
         if self.transport is not None:

@@ -108,10 +108,13 @@ class RetryBudget:
 
 
 class RetryState:
-    """One request's tries. It counts in ``budget`` from creation until ``finish()``."""
+    """One request's tries. It counts in ``budget`` from creation until ``finish()``, unless
+    ``counted`` says the caller already counts every request in ``budget.requests`` (the relay
+    does, so that a request that never fails needs no RetryState)."""
 
     __slots__ = (
         "_budget",
+        "_counted",
         "_finished",
         "_holds_slot",
         "_policy",
@@ -124,7 +127,12 @@ class RetryState:
     )
 
     def __init__(
-        self, policy: RetryPolicy, budget: RetryBudget, method: str, has_idempotency_key: bool
+        self,
+        policy: RetryPolicy,
+        budget: RetryBudget,
+        method: str,
+        has_idempotency_key: bool,
+        counted: bool = False,
     ) -> None:
         self._policy = policy
         self._budget = budget
@@ -137,7 +145,9 @@ class RetryState:
         self._stale_retried = False
         self._holds_slot = False
         self._finished = False
-        budget.requests += 1
+        self._counted = counted
+        if not counted:
+            budget.requests += 1
 
     def try_deadline(self, now: float, deadline: float) -> float:
         """When the try started at ``now`` times out: ``try_timeout`` from now, or the route's
@@ -194,7 +204,8 @@ class RetryState:
         if self._finished:
             return
         self._finished = True
-        self._budget.requests -= 1
+        if not self._counted:
+            self._budget.requests -= 1
         if self._holds_slot:
             self._budget.retrying -= 1
 

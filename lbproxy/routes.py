@@ -3,36 +3,70 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from lbproxy.authz import Endpoint, Reach, ReachabilityTable, build_reachability
-from lbproxy.balancer import SmoothWeightedRoundRobin
-from lbproxy.config import Config, GatewayConfig
+from lbproxy.authz import Endpoint, Reach, ReachabilityTable, build_reachability, listener_key
+from lbproxy.balancer import make_scheduler
+from lbproxy.config import Config, GatewayConfig, Listener, ServerRef
+from lbproxy.health import Event, HealthBoard, Transition
+from lbproxy.hosts import Availability, Host, HostTable
 from lbproxy.pool import PoolSet
+from lbproxy.retry import RetryBudget
 from lbproxy.router import Router
 
 if TYPE_CHECKING:
     from lbproxy.relay import ClientConnection
 
+log = logging.getLogger("lbproxy.health")
+
 
 class ServerGroup:
-    """The servers one route balances over, with the balancer's state (shared by every route
-    that reaches the same load balancer listener)."""
+    """The servers one route balances over (shared by every route that reaches the same load
+    balancer listener): their host table, the scheduler reading it, the health board writing
+    it, and the listener's retry policy and budget."""
 
-    __slots__ = ("_balancer", "endpoints", "name")
+    __slots__ = ("board", "budget", "endpoints", "listener", "name", "pick", "table")
 
-    def __init__(self, name: str, endpoints: tuple[Endpoint, ...]) -> None:
+    def __init__(self, name: str, endpoints: tuple[Endpoint, ...], listener: Listener) -> None:
         self.name = name
         self.endpoints = endpoints
-        self._balancer = SmoothWeightedRoundRobin(tuple(e.weight for e in endpoints))
+        self.listener = listener
+        hosts = [
+            Host(f"{e.name}:{e.port}", s.weight, s.backup)
+            for e, s in zip(endpoints, listener.servers, strict=True)
+        ]
+        self.table = HostTable(hosts, listener.slow_start)
+        self.board = HealthBoard(self.table, listener.passive, listener.health_check)
+        self.budget = RetryBudget(listener.retry.budget)
+        # pick(now, tried=0) -> host index, or None once every server was tried.
+        self.pick = make_scheduler(listener.scheduler, self.table).pick
 
-    def pick(self) -> Endpoint:
-        return self.endpoints[self._balancer.pick()]
+    def report_success(self, index: int, now: float) -> None:
+        _log_transitions(self.board.record_success(index, now))
+
+    def report_failure(self, index: int, reason: str, now: float) -> None:
+        _log_transitions(self.board.record_failure(index, reason, now))
+
+    def is_failing_open(self, now: float) -> bool:
+        """Every server is down (or ejected): requests try them all anyway."""
+        return self.table.availability(now) is Availability.FAIL_OPEN
 
     def __repr__(self) -> str:
-        return f"<ServerGroup {self.name} {[str(e) for e in self.endpoints]}>"
+        return f"<ServerGroup {self.name} {self.table!r}>"
+
+
+def _log_transitions(transitions: tuple[Transition, ...]) -> None:
+    for transition in transitions:
+        level = logging.WARNING if transition.event is Event.EJECTED else logging.INFO
+        log.log(level, "%s", transition)
+
+
+def _single_server(endpoint: Endpoint) -> Listener:
+    """The implicit listener of an authorization that names one instance or IP."""
+    return Listener(endpoint.port, (ServerRef(endpoint.name, endpoint.port),))
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +77,24 @@ class Route:
     host: bytes | None
     timeout: float
     max_body: int
+    # How long one try waits for progress: the route's timeout, or the listener's shorter
+    # retry.try_timeout.
+    try_timeout: float = 0.0
+
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        reach: Reach,
+        group: ServerGroup,
+        *,
+        host: bytes | None,
+        timeout: float,
+        max_body: int,
+    ) -> Route:
+        per_try = group.listener.retry.try_timeout
+        try_timeout = timeout if per_try is None else min(timeout, per_try)
+        return cls(name, reach, group, host, timeout, max_body, try_timeout)
 
 
 @dataclass(slots=True)
@@ -72,10 +124,20 @@ def build_routes(config: Config) -> RouteTable:
     groups: dict[str, ServerGroup] = {}
     gw = config.gateway
     listener_routes = {}
+    listeners = {
+        listener_key(lb, listener): listener
+        for lb in config.load_balancers
+        for listener in lb.listeners
+    }
     for key, reach in table.by_listener.items():
-        groups[key] = ServerGroup(key, reach.endpoints)
-        listener_routes[key] = Route(
-            key, reach, groups[key], None, gw.upstream_timeout, gw.max_body_size
+        groups[key] = ServerGroup(key, reach.endpoints, listeners[key])
+        listener_routes[key] = Route.build(
+            key,
+            reach,
+            groups[key],
+            host=None,
+            timeout=gw.upstream_timeout,
+            max_body=gw.max_body_size,
         )
     api_routes = []
     for api in config.apis:
@@ -83,9 +145,15 @@ def build_routes(config: Config) -> RouteTable:
         if reach.balanced_by is not None:
             group = groups[reach.balanced_by]
         else:
-            group = groups.setdefault(reach.scope, ServerGroup(reach.scope, reach.endpoints))
+            (endpoint,) = reach.endpoints
+            group = groups.get(reach.scope) or ServerGroup(
+                reach.scope, reach.endpoints, _single_server(endpoint)
+            )
+            groups[reach.scope] = group
         host = reach.host.encode() if reach.host else None
         body = gw.max_body_size if api.max_body_size is None else api.max_body_size
-        route = Route(api.name, reach, group, host, api.backend.timeout, body)
+        route = Route.build(
+            api.name, reach, group, host=host, timeout=api.backend.timeout, max_body=body
+        )
         api_routes.append((api.methods, api.path, route))
     return RouteTable(table, Router(api_routes), listener_routes, groups)

@@ -48,7 +48,9 @@ class UpstreamConnection(asyncio.Protocol):
         "_loop",
         "_parser",
         "_released",
+        "answered",
         "client",
+        "exchanges",
         "idle_since",
         "pool",
         "transport",
@@ -64,6 +66,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = True
         self._feeding = False
         self._released: bool | None = None
+        self.exchanges = 0  # requests sent on this connection; above 1, it was reused
+        self.answered = False  # a byte of the current exchange's response arrived
 
     def __repr__(self) -> str:
         state = "closed" if self.transport is None else "active" if self.client else "idle"
@@ -85,6 +89,8 @@ class UpstreamConnection(asyncio.Protocol):
         """Start an exchange for ``client``: the request head (and any body bytes so far);
         ``paused`` when the client cannot take response bytes yet (flow control)."""
         self.client = client
+        self.exchanges += 1
+        self.answered = False
         self._parser.expect(method, client)
         transport = self.transport
         assert transport is not None
@@ -131,6 +137,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         client = self.client
+        self.answered = True
         self._feeding = True
         try:
             self._parser.feed(data)
@@ -212,6 +219,8 @@ async def open_connection(
     except TimeoutError:
         raise GatewayTimeout(f"connect to {endpoint} timed out after {timeout:g}s") from None
     except OSError as exc:
-        raise UpstreamConnectFailed(f"connect to {endpoint}: {exc.strerror or exc}") from None
+        raise UpstreamConnectFailed(
+            f"connect to {endpoint}: {exc.strerror or exc}", exc.errno
+        ) from None
     pool.opened()
     return conn

@@ -276,3 +276,20 @@ def test_repr_shows_the_table() -> None:
     health = board()
     health.record_failure(0, "timeout", 0.0)
     assert repr(health) == "<HealthBoard <HostTable [a:80 w1, b:80 w1, c:80 w1 backup]>>"
+
+
+def test_troubled_says_when_successes_must_be_recorded() -> None:
+    # The relay records a success only while `troubled`: it must be set by any failure and
+    # cleared once every server is back to no failures counted.
+    b = board(passive=Passive(max_fails=2, fail_timeout=5.0))
+    assert not b.troubled
+    b.record_failure(0, "connection refused", now=0.0)
+    assert b.troubled
+    b.record_success(0, now=1.0)
+    assert not b.troubled
+    b.record_failure(0, "timeout", now=2.0)
+    b.record_failure(0, "timeout", now=2.0)  # ejected until 7
+    b.record_success(1, now=3.0)
+    assert b.troubled  # host 0 is still out
+    b.record_success(0, now=8.0)  # half-open, then recovered
+    assert not b.troubled

@@ -190,3 +190,16 @@ def test_repr() -> None:
     retry = state("PUT")
     retry.decide(1, Failure.RESET, False)
     assert repr(retry) == "<RetryState PUT sends=1 tried=0b10>"
+
+
+def test_a_counted_state_leaves_the_request_count_to_its_caller() -> None:
+    # The relay counts every request in budget.requests itself and creates a RetryState only
+    # on a failure; such a state must not count the request a second time.
+    budget = RetryBudget(0.2)
+    budget.requests = 5
+    state = RetryState(RetryPolicy(tries=3), budget, "GET", False, counted=True)
+    assert budget.requests == 5
+    assert state.decide(0, Failure.TIMEOUT, False).action is Action.NEXT_SERVER
+    assert budget.retrying == 1
+    state.finish()
+    assert (budget.requests, budget.retrying) == (5, 0)

@@ -1,0 +1,291 @@
+"""High availability through the relay: balancing tiers, passive health, retries, failover.
+
+Every server is a separate loopback address (127.0.0.11, .12, ...) answering with its name, as
+the instances of an internal load balancer would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.harness import (
+    Backend,
+    Client,
+    Gateway,
+    Handler,
+    LoopThread,
+    Seen,
+    config_from,
+    free_port,
+)
+
+
+def answering(name: str) -> Handler:
+    async def handler(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        body = name.encode()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
+        return True
+
+    return handler
+
+
+async def hang(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+    await asyncio.sleep(30)
+    return False
+
+
+def ha_toml(
+    servers: list[tuple[Backend, str]],
+    *,
+    listener: str = "",
+    timeout: float = 5.0,
+) -> str:
+    """An internal LB over ``servers`` (backend, extra server keys such as `weight = 5`) and an
+    API `/api/*` through it."""
+    port = free_port()
+    instances = "".join(
+        f'[[instance]]\nid = "i-{b.name}"\nvpc = "vpc-t"\nip = "{b.host}"\n\n' for b, _ in servers
+    )
+    refs = ", ".join(
+        f'{{ instance = "i-{b.name}", port = {b.port}{", " + extra if extra else ""} }}'
+        for b, extra in servers
+    )
+    return f"""
+[gateway]
+region = "r"
+listen = ["127.0.0.1:0"]
+
+[[vpc]]
+id = "vpc-t"
+region = "r"
+cidrs = ["127.0.0.0/8"]
+
+{instances}
+[[load_balancer]]
+id = "lb-t"
+vpc = "vpc-t"
+ip = "127.0.0.10"
+[[load_balancer.listener]]
+port = {port}
+servers = [{refs}]
+{listener}
+
+[[authorization]]
+name = "to-lb"
+vpc = "vpc-t"
+target = "lb-t"
+port = {port}
+
+[[api]]
+name = "api"
+methods = ["GET", "POST", "PUT"]
+path = "/api/*"
+backend = {{ type = "vpc", authorization = "to-lb", timeout = {timeout} }}
+"""
+
+
+StartGateway = Callable[[str], Gateway]
+
+
+@pytest.fixture
+def servers(lt: LoopThread) -> Iterator[list[Backend]]:
+    """Three servers a, b, c on 127.0.0.11, .12, .13, each answering with its name."""
+    started = []
+    for i, name in enumerate("abc"):
+        backend = Backend(name, handler=answering(name), host=f"127.0.0.{11 + i}")
+        lt.run(backend.start())
+        started.append(backend)
+    yield started
+    for backend in started:
+        lt.run(backend.stop())
+
+
+@pytest.fixture
+def start_gateway(lt: LoopThread) -> Iterator[StartGateway]:
+    gateways: list[Gateway] = []
+
+    def start(text: str) -> Gateway:
+        gateway = Gateway(lt, config_from(text))
+        gateways.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in gateways:
+        gateway.stop()
+
+
+def get(client: Client, path: str = "/api/x", method: str = "GET") -> tuple[int, bytes]:
+    client.send(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
+    response, body = client.response(method)
+    return response.status_code, body
+
+
+def test_wrr_sequence_and_shares_for_weights_5_1_1(
+    servers: list[Backend], start_gateway: StartGateway
+) -> None:
+    a, b, c = servers
+    gateway = start_gateway(ha_toml([(a, "weight = 5"), (b, "weight = 1"), (c, "weight = 1")]))
+    client = Client(gateway.connect())
+    names = [get(client)[1].decode() for _ in range(7000)]
+    client.close()
+    assert "".join(names[:14]) == "aabacaa" * 2  # nginx's smooth sequence, not aaaaabc
+    assert Counter(names) == {"a": 5000, "b": 1000, "c": 1000}
+    # One pooled upstream connection per server served all of them.
+    assert (a.connections, b.connections, c.connections) == (1, 1, 1)
+
+
+def test_weight_zero_drains_and_backup_waits(
+    servers: list[Backend], start_gateway: StartGateway
+) -> None:
+    a, b, c = servers
+    gateway = start_gateway(ha_toml([(a, "weight = 0"), (b, ""), (c, "backup = true")]))
+    client = Client(gateway.connect())
+    assert {get(client)[1] for _ in range(20)} == {b"b"}
+    client.close()
+    assert a.seen == [] and c.seen == []
+
+
+def test_backup_takes_over_when_every_primary_is_down(
+    lt: LoopThread, servers: list[Backend], start_gateway: StartGateway
+) -> None:
+    a, b, c = servers
+    listener = "passive = { max_fails = 1, fail_timeout = 30 }"
+    gateway = start_gateway(ha_toml([(a, ""), (b, ""), (c, "backup = true")], listener=listener))
+    lt.run(a.stop())
+    lt.run(b.stop())
+    client = Client(gateway.connect())
+    # The first request finds both primaries refusing (each ejected), then the backup answers.
+    answers = [get(client) for _ in range(10)]
+    client.close()
+    assert answers == [(200, b"c")] * 10
+
+
+def test_killed_server_costs_no_failed_request(
+    lt: LoopThread, servers: list[Backend], start_gateway: StartGateway
+) -> None:
+    a, b, c = servers
+    gateway = start_gateway(
+        ha_toml(
+            [(a, ""), (b, ""), (c, "")], listener="passive = { max_fails = 1, fail_timeout = 30 }"
+        )
+    )
+    statuses: Counter[int] = Counter()
+    seen_after_kill: list[int] = []
+    killed = threading.Event()
+
+    def run_client() -> None:
+        client = Client(gateway.connect())
+        for i in range(3000):
+            if i == 500:
+                lt.run(b.stop())  # refuses new connections and resets its open ones
+                killed.set()
+                seen_after_kill.append(len(b.seen))
+            statuses[get(client)[0]] += 1
+        client.close()
+
+    runner = threading.Thread(target=run_client)
+    runner.start()
+    runner.join(60)
+    assert killed.is_set()
+    assert statuses == {200: 3000}
+    assert len(b.seen) == seen_after_kill[0]  # nothing reached it after it died
+
+
+def test_hanging_server_get_is_retried_post_is_not(
+    lt: LoopThread, start_gateway: StartGateway
+) -> None:
+    hung = Backend("h", handler=hang, host="127.0.0.14")
+    fine = Backend("f", handler=answering("f"), host="127.0.0.15")
+    for backend in (hung, fine):
+        lt.run(backend.start())
+    try:
+        listener = "retry = { tries = 2, try_timeout = 0.5 }\npassive = { max_fails = 0 }"
+        gateway = start_gateway(ha_toml([(hung, ""), (fine, "")], listener=listener))
+        client = Client(gateway.connect())
+        # WRR sends the first request to the hanging server, the second to the good one.
+        assert get(client) == (200, b"f")  # GET: retried on the other server after 0.5 s
+        assert get(client)[1] == b"f"
+        client.close()
+        client = Client(gateway.connect())
+        status, body = get(client, method="POST")  # to the hanging server: sent once
+        assert status == 504 and b"upstream_timeout" in body
+        client.close()
+        assert [s.method for s in hung.seen] == ["GET", "POST"]
+    finally:
+        for backend in (hung, fine):
+            lt.run(backend.stop())
+
+
+def test_stale_pooled_connection_is_retried_on_a_fresh_one(
+    lt: LoopThread, start_gateway: StartGateway
+) -> None:
+    async def answer_then_close_idle(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        return False  # keep-alive response, but the server closes the connection right after
+
+    backend = Backend("s", handler=answer_then_close_idle, host="127.0.0.16")
+    lt.run(backend.start())
+    try:
+        listener = "retry = { tries = 1 }"  # no ordinary retries: only the stale-connection one
+        gateway = start_gateway(ha_toml([(backend, "")], listener=listener))
+        client = Client(gateway.connect())
+        for _ in range(5):
+            time.sleep(0.05)  # the close reaches the gateway, or races the next request
+            assert get(client, method="POST") == (200, b"ok")
+        client.close()
+        assert len(backend.seen) == 5  # each POST reached the server once
+    finally:
+        lt.run(backend.stop())
+
+
+def test_every_server_down_fails_open_then_503_with_retry_after(
+    lt: LoopThread,
+    servers: list[Backend],
+    start_gateway: StartGateway,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    a, b, _ = servers
+    listener = "passive = { max_fails = 1, fail_timeout = 30 }"
+    gateway = start_gateway(ha_toml([(a, ""), (b, "")], listener=listener))
+    lt.run(a.stop())
+    lt.run(b.stop())
+    client = Client(gateway.connect())
+    with caplog.at_level(logging.INFO):
+        for _ in range(2):
+            # Both are tried (refused, ejected); the second time they are known to be down and
+            # are tried anyway (fail open) before the 503.
+            client.send(b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n")
+            response, body = client.response()
+            assert response.status_code == 503 and b"no_upstream_available" in body
+            assert (b"retry-after", b"1") in response.headers
+    client.close()
+    assert caplog.text.count("connection refused: next server: nothing was sent -> ") == 2
+    assert "ejected: 1 failure(s) in a row; last: connection refused" in caplog.text
+
+
+def test_passive_ejection_then_slow_start_ramp(
+    lt: LoopThread, servers: list[Backend], start_gateway: StartGateway
+) -> None:
+    a, b, _ = servers
+    listener = "passive = { max_fails = 1, fail_timeout = 0.3 }\nslow_start = 1.0"
+    port_a = a.port
+    gateway = start_gateway(ha_toml([(a, ""), (b, "")], listener=listener))
+    lt.run(a.stop())
+    client = Client(gateway.connect())
+    assert {get(client)[1] for _ in range(10)} == {b"b"}  # a refused once, then ejected
+    a.port = port_a
+    lt.run(a.start())  # back on the same address
+    time.sleep(0.35)  # the ejection ends: a ramps from 10% of its weight over 1 s
+    early = Counter(get(client)[1] for _ in range(40))
+    time.sleep(1.1)
+    late = Counter(get(client)[1] for _ in range(40))
+    client.close()
+    assert 1 <= early[b"a"] < 12  # ramping: well under its half
+    assert late[b"a"] == 20  # full weight: every other request
