@@ -9,10 +9,22 @@ authorization gate, whatever part of lbproxy asked for the connection.
 
 from __future__ import annotations
 
+import ssl
+from dataclasses import dataclass
 from typing import Protocol
 
 from lbproxy.authz import Endpoint, Reach
 from lbproxy.errors import UpstreamNotAuthorized
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class UpstreamTLS:
+    """How an authorization's connections are wrapped in TLS. Compared by identity: it is part
+    of a pool's key, so a connection is only ever reused under the TLS settings that verified
+    it (never a plain one for a TLS route, nor one checked against another name or CA)."""
+
+    context: ssl.SSLContext
+    server_hostname: str | None
 
 
 class PooledConnection(Protocol):
@@ -91,23 +103,24 @@ class PoolSet:
     __slots__ = ("_idle_timeout", "_max_idle", "_pools")
 
     def __init__(self, max_idle: int, idle_timeout: float) -> None:
-        self._pools: dict[tuple[str, int], ServerPool] = {}
+        self._pools: dict[tuple[str, int, UpstreamTLS | None], ServerPool] = {}
         self._max_idle = max_idle
         self._idle_timeout = idle_timeout
 
-    def pool(self, endpoint: Endpoint) -> ServerPool:
-        key = (endpoint.ip, endpoint.port)
+    def pool(self, endpoint: Endpoint, tls: UpstreamTLS | None = None) -> ServerPool:
+        key = (endpoint.ip, endpoint.port, tls)
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = ServerPool(endpoint, self._max_idle, self._idle_timeout)
         return pool
 
-    def take_idle(self, reach: Reach, endpoint: Endpoint) -> PooledConnection | None:
+    def take_idle(
+        self, reach: Reach, endpoint: Endpoint, tls: UpstreamTLS | None = None
+    ) -> PooledConnection | None:
         """Gate, then reuse; raises ``UpstreamNotAuthorized`` outside the table."""
-        key = (endpoint.ip, endpoint.port)
-        if key not in reach.allowed:
+        if (endpoint.ip, endpoint.port) not in reach.allowed:
             check_gate(reach, endpoint)
-        pool = self._pools.get(key)
+        pool = self._pools.get((endpoint.ip, endpoint.port, tls))
         return pool.take() if pool is not None else None
 
     def expired(self, now: float) -> list[PooledConnection]:

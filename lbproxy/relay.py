@@ -318,7 +318,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             # The pool holds only UpstreamConnections; it is typed by the protocol it needs.
             upstream: UpstreamConnection | None = (
-                None if fresh else ctx.pools.take_idle(route.reach, endpoint)  # type: ignore[assignment]
+                None if fresh else ctx.pools.take_idle(route.reach, endpoint, route.tls)  # type: ignore[assignment]
             )
         except HTTPError as exc:  # the authorization gate refused: no other server will do
             self._fail_request(exc, close=not self._request_done)
@@ -338,7 +338,12 @@ class ClientConnection(asyncio.Protocol):
         assert route is not None
         try:
             upstream = await open_connection(
-                ctx.pools, route.reach, endpoint, ctx.engine, ctx.gateway.connect_timeout
+                ctx.pools,
+                route.reach,
+                endpoint,
+                ctx.engine,
+                ctx.gateway.connect_timeout,
+                tls=route.tls,
             )
         except HTTPError as exc:
             self._connect_task = None

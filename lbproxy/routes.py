@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from lbproxy.authz import Endpoint, Reach, ReachabilityTable, build_reachability, listener_key
 from lbproxy.balancer import make_scheduler
-from lbproxy.config import Config, GatewayConfig, Listener, ServerRef
+from lbproxy.config import Authorization, Config, GatewayConfig, Listener, ServerRef
 from lbproxy.health import Event, HealthBoard, Transition
 from lbproxy.hosts import Availability, Host, HostTable
-from lbproxy.pool import PoolSet
+from lbproxy.pool import PoolSet, UpstreamTLS
 from lbproxy.retry import RetryBudget
 from lbproxy.router import Router
 
@@ -28,7 +29,18 @@ class ServerGroup:
     balancer listener): their host table, the scheduler reading it, the health board writing
     it, and the listener's retry policy and budget."""
 
-    __slots__ = ("board", "budget", "endpoints", "listener", "name", "pick", "table")
+    __slots__ = (
+        "board",
+        "budget",
+        "check_host",
+        "check_reach",
+        "check_tls",
+        "endpoints",
+        "listener",
+        "name",
+        "pick",
+        "table",
+    )
 
     def __init__(self, name: str, endpoints: tuple[Endpoint, ...], listener: Listener) -> None:
         self.name = name
@@ -43,6 +55,16 @@ class ServerGroup:
         self.budget = RetryBudget(listener.retry.budget)
         # pick(now, tried=0) -> host index, or None once every server was tried.
         self.pick = make_scheduler(listener.scheduler, self.table).pick
+        # How active checks reach the servers: as the first authorization routed here does
+        # (its gate entry, Host and TLS), or plainly through the listener's own entry.
+        self.check_reach: Reach | None = None
+        self.check_host: str | None = None
+        self.check_tls: UpstreamTLS | None = None
+
+    def adopt(self, reach: Reach, tls: UpstreamTLS | None) -> None:
+        """An API reaches this group through ``reach``; the first one sets how checks go."""
+        if self.check_reach is None or (self.check_reach.balanced_by == self.name and reach.host):
+            self.check_reach, self.check_host, self.check_tls = reach, reach.host, tls
 
     def report_success(self, index: int, now: float) -> None:
         _log_transitions(self.board.record_success(index, now))
@@ -64,6 +86,17 @@ def _log_transitions(transitions: tuple[Transition, ...]) -> None:
         log.log(level, "%s", transition)
 
 
+def _tls(auth: Authorization, made: dict[str, UpstreamTLS | None]) -> UpstreamTLS | None:
+    """The TLS an authorization asks for: verified against ``ca_file`` (or the system's CAs),
+    with the authorization's Host as SNI and the name checked (the IP when it has none)."""
+    tls = None
+    if auth.tls:
+        context = ssl.create_default_context(cafile=auth.ca_file)
+        tls = UpstreamTLS(context, auth.host)
+    made[auth.name] = tls
+    return tls
+
+
 def _single_server(endpoint: Endpoint) -> Listener:
     """The implicit listener of an authorization that names one instance or IP."""
     return Listener(endpoint.port, (ServerRef(endpoint.name, endpoint.port),))
@@ -80,6 +113,7 @@ class Route:
     # How long one try waits for progress: the route's timeout, or the listener's shorter
     # retry.try_timeout.
     try_timeout: float = 0.0
+    tls: UpstreamTLS | None = None
 
     @classmethod
     def build(
@@ -91,10 +125,11 @@ class Route:
         host: bytes | None,
         timeout: float,
         max_body: int,
+        tls: UpstreamTLS | None = None,
     ) -> Route:
         per_try = group.listener.retry.try_timeout
         try_timeout = timeout if per_try is None else min(timeout, per_try)
-        return cls(name, reach, group, host, timeout, max_body, try_timeout)
+        return cls(name, reach, group, host, timeout, max_body, try_timeout, tls)
 
 
 @dataclass(slots=True)
@@ -131,6 +166,7 @@ def build_routes(config: Config) -> RouteTable:
     }
     for key, reach in table.by_listener.items():
         groups[key] = ServerGroup(key, reach.endpoints, listeners[key])
+        groups[key].check_reach = reach
         listener_routes[key] = Route.build(
             key,
             reach,
@@ -140,6 +176,7 @@ def build_routes(config: Config) -> RouteTable:
             max_body=gw.max_body_size,
         )
     api_routes = []
+    tls_for: dict[str, UpstreamTLS | None] = {}
     for api in config.apis:
         reach = table.by_authorization[api.backend.authorization]
         if reach.balanced_by is not None:
@@ -152,8 +189,17 @@ def build_routes(config: Config) -> RouteTable:
             groups[reach.scope] = group
         host = reach.host.encode() if reach.host else None
         body = gw.max_body_size if api.max_body_size is None else api.max_body_size
+        auth = config.authorization(api.backend.authorization)
+        tls = None if auth is None else tls_for.get(auth.name) or _tls(auth, tls_for)
+        group.adopt(reach, tls)
         route = Route.build(
-            api.name, reach, group, host=host, timeout=api.backend.timeout, max_body=body
+            api.name,
+            reach,
+            group,
+            host=host,
+            timeout=api.backend.timeout,
+            max_body=body,
+            tls=tls,
         )
         api_routes.append((api.methods, api.path, route))
     return RouteTable(table, Router(api_routes), listener_routes, groups)

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 
 from lbproxy.authz import listener_key
+from lbproxy.checker import HealthChecker
 from lbproxy.config import Config, HostPort
 from lbproxy.errors import StartupError
 from lbproxy.pool import PoolSet
@@ -43,6 +44,7 @@ class Runtime:
         self._servers: list[asyncio.Server] = []
         self._contexts: list[RelayContext] = []
         self._sweeper: asyncio.TimerHandle | None = None
+        self.checkers: list[HealthChecker] = []
         self.addresses: list[HostPort] = []
 
     def __repr__(self) -> str:
@@ -70,6 +72,26 @@ class Runtime:
             await self.stop()
             raise
         self._sweeper = loop.call_later(_SWEEP_INTERVAL, self._sweep)
+        self._start_checks(loop)
+
+    def _start_checks(self, loop: asyncio.AbstractEventLoop) -> None:
+        for group in self.routes.groups.values():
+            check = group.listener.health_check
+            if check is None or group.check_reach is None:
+                continue
+            tls = group.check_tls
+            checker = HealthChecker(
+                group.name,
+                group.endpoints,
+                group.check_reach,
+                group.board,
+                check,
+                host_header=group.check_host,
+                loop=loop,
+                ssl_context=None if tls is None else tls.context,
+            )
+            checker.start()
+            self.checkers.append(checker)
 
     async def _listen(
         self, loop: asyncio.AbstractEventLoop, ctx: RelayContext, address: HostPort
@@ -100,6 +122,9 @@ class Runtime:
         """Stop accepting, let in-flight exchanges end within ``timeout``, then close all."""
         if self._sweeper is not None:
             self._sweeper.cancel()
+        for checker in self.checkers:
+            await checker.stop()
+        self.checkers.clear()
         for server in self._servers:
             server.close()
         for ctx in self._contexts:

@@ -20,7 +20,7 @@ from lbproxy.errors import (
     UpstreamConnectFailed,
 )
 from lbproxy.http import ResponseSink, response_parser
-from lbproxy.pool import PoolSet, ServerPool, check_gate
+from lbproxy.pool import PoolSet, ServerPool, UpstreamTLS, check_gate
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -207,15 +207,27 @@ async def open_connection(
     endpoint: Endpoint,
     engine: str,
     timeout: float,
+    *,
+    tls: UpstreamTLS | None = None,
 ) -> UpstreamConnection:
-    """Open a new connection to ``endpoint``; the gate is asked first, whoever asks."""
+    """Open a new connection to ``endpoint``; the gate is asked first, whoever asks. With
+    ``tls`` the handshake (certificate and name verified) is part of the connect."""
     check_gate(reach, endpoint)
     loop = asyncio.get_running_loop()
-    pool = pools.pool(endpoint)
+    pool = pools.pool(endpoint, tls)
     factory: Callable[[], UpstreamConnection] = lambda: UpstreamConnection(pool, engine, loop)  # noqa: E731
     try:
         async with asyncio.timeout(timeout):
-            _, conn = await loop.create_connection(factory, endpoint.ip, endpoint.port)
+            if tls is None:
+                _, conn = await loop.create_connection(factory, endpoint.ip, endpoint.port)
+            else:
+                _, conn = await loop.create_connection(
+                    factory,
+                    endpoint.ip,
+                    endpoint.port,
+                    ssl=tls.context,
+                    server_hostname=tls.server_hostname,
+                )
     except TimeoutError:
         raise GatewayTimeout(f"connect to {endpoint} timed out after {timeout:g}s") from None
     except OSError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import ssl
 import threading
 import tomllib
 from collections.abc import Awaitable, Callable, Coroutine
@@ -112,9 +113,10 @@ class Backend:
     # Stop reading for a second once this many bytes arrived: a slow upstream (flow control).
     stall_at: int | None = None
     received: int = 0
+    tls: ssl.SSLContext | None = None  # serve HTTPS with this server context
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, self.host, self.port)
+        self.server = await asyncio.start_server(self._serve, self.host, self.port, ssl=self.tls)
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:

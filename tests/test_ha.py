@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pytest
+import trustme
 
 from tests.harness import (
     Backend,
@@ -289,3 +291,131 @@ def test_passive_ejection_then_slow_start_ramp(
     client.close()
     assert 1 <= early[b"a"] < 12  # ramping: well under its half
     assert late[b"a"] == 20  # full weight: every other request
+
+
+def wait_for(predicate: Callable[[], bool], seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_active_checks_take_a_sick_server_out_and_bring_it_back(
+    lt: LoopThread, start_gateway: StartGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    sick = {"a": False, "b": False, "c": False}
+
+    def checked(name: str) -> Handler:
+        async def handler(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+            if seen.target == "/health":
+                status = b"500 Internal Server Error" if sick[name] else b"200 OK"
+                writer.write(b"HTTP/1.1 %b\r\nContent-Length: 0\r\n\r\n" % status)
+                return True
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n" + name.encode())
+            return True
+
+        return handler
+
+    servers = [
+        Backend(n, handler=checked(n), host=f"127.0.0.{21 + i}") for i, n in enumerate("abc")
+    ]
+    for backend in servers:
+        lt.run(backend.start())
+    a, b, c = servers
+    traffic = lambda backend: sum(1 for s in backend.seen if s.target != "/health")  # noqa: E731
+    try:
+        check = (
+            'health_check = { path = "/health", interval = 0.1, timeout = 0.1, rise = 2, fall = 2 }'
+        )
+        gateway = start_gateway(
+            ha_toml([(a, ""), (b, ""), (c, "")], listener=check + "\nslow_start = 0.5")
+        )
+        client = Client(gateway.connect())
+        with caplog.at_level(logging.INFO, logger="lbproxy.health"):
+            assert {get(client)[1] for _ in range(30)} == {b"a", b"b", b"c"}
+            sick["b"] = True
+            assert wait_for(
+                lambda: "i-b:" in caplog.text and " down: 2 check(s) failed" in caplog.text
+            )
+            assert "last: status 500" in caplog.text
+            before = traffic(b)
+            answers = [get(client) for _ in range(300)]
+            assert {status for status, _ in answers} == {200}
+            assert traffic(b) == before  # nothing after `fall` failed checks
+            sick["b"] = False
+            assert wait_for(lambda: " up: 2 check(s) passed in a row" in caplog.text)
+            assert wait_for(lambda: get(client)[1] == b"b", seconds=3.0)  # back in the rotation
+        client.close()
+    finally:
+        for backend in servers:
+            lt.run(backend.stop())
+
+
+@pytest.fixture(scope="module")
+def tls_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, str]:
+    ca = trustme.CA()
+    path = tmp_path_factory.mktemp("tls") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return ca, str(path)
+
+
+def tls_toml(backend: Backend, ca_file: str) -> str:
+    return f"""
+[gateway]
+region = "r"
+listen = ["127.0.0.1:0"]
+
+[[vpc]]
+id = "vpc-t"
+region = "r"
+cidrs = ["127.0.0.0/8"]
+
+[[instance]]
+id = "i-tls"
+vpc = "vpc-t"
+ip = "{backend.host}"
+
+[[authorization]]
+name = "to-tls"
+vpc = "vpc-t"
+target = "i-tls"
+port = {backend.port}
+host = "svc.internal"
+tls = true
+ca_file = "{ca_file}"
+
+[[api]]
+name = "secure"
+methods = ["GET"]
+path = "/secure/*"
+backend = {{ type = "vpc", authorization = "to-tls", timeout = 5.0 }}
+"""
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_https_backend_is_verified_against_the_configured_ca(
+    lt: LoopThread, start_gateway: StartGateway, tls_ca: tuple[trustme.CA, str], trusted: bool
+) -> None:
+    ca, ca_file = tls_ca
+    issuer = ca if trusted else trustme.CA()  # an untrusted CA signs the second server's cert
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    issuer.issue_cert("svc.internal").configure_cert(server_context)
+    backend = Backend("t", handler=answering("secure"), host="127.0.0.31", tls=server_context)
+    lt.run(backend.start())
+    try:
+        gateway = start_gateway(tls_toml(backend, ca_file))
+        client = Client(gateway.connect())
+        if trusted:
+            assert [get(client, "/secure/x") for _ in range(3)] == [(200, b"secure")] * 3
+            assert backend.connections == 1  # the TLS connection is pooled and reused
+            assert backend.seen[0].header("host") == "svc.internal"
+        else:
+            status, body = get(client, "/secure/x")
+            assert status == 502 and b"upstream_connect_failed" in body
+            assert b"certificate verify failed" in body
+            assert backend.seen == []
+        client.close()
+    finally:
+        lt.run(backend.stop())
