@@ -10,10 +10,12 @@ authorization gate, whatever part of lbproxy asked for the connection.
 from __future__ import annotations
 
 import ssl
+from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
 from lbproxy.authz import Endpoint, Reach
+from lbproxy.config import PoolLimits
 from lbproxy.errors import UpstreamNotAuthorized
 
 
@@ -36,16 +38,36 @@ class PooledConnection(Protocol):
 
 
 class ServerPool:
-    """Idle keep-alive connections to one server, most recently used first."""
+    """Connections to one server: the idle ones (most recently used first), counts of the
+    active and opening ones, and the requests waiting for a connection when ``max_connections``
+    are all in use. Waiters are the caller's opaque objects (futures), kept in arrival order."""
 
-    __slots__ = ("_idle", "active", "endpoint", "idle_timeout", "max_idle")
+    __slots__ = (
+        "_idle",
+        "active",
+        "endpoint",
+        "idle_timeout",
+        "max_connections",
+        "max_idle",
+        "opening",
+        "waiters",
+    )
 
-    def __init__(self, endpoint: Endpoint, max_idle: int, idle_timeout: float) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        max_idle: int,
+        idle_timeout: float,
+        max_connections: int | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
         self._idle: list[PooledConnection] = []
         self.active = 0
+        self.opening = 0
+        self.waiters: deque[object] = deque()
 
     def take(self) -> PooledConnection | None:
         """An idle connection that can carry a request now, or None (open a new one). Expiry
@@ -59,8 +81,39 @@ class ServerPool:
             conn.close()
         return None
 
-    def opened(self) -> None:
+    def is_full(self) -> bool:
+        limit = self.max_connections
+        return limit is not None and self.active + self.opening + len(self._idle) >= limit
+
+    def reserve(self) -> bool:
+        """Count a connection about to be opened; False when the limit is reached or requests
+        already wait (they come first)."""
+        if self.waiters or self.is_full():
+            return False
+        self.opening += 1
+        return True
+
+    def opened(self, reserved: bool = False) -> None:
+        """A connection is open and active (``reserved``: it was counted by ``reserve``)."""
+        if reserved:
+            self.opening -= 1
         self.active += 1
+
+    def unreserve(self) -> None:
+        """A reserved open failed or was given up."""
+        self.opening -= 1
+
+    def next_waiter(self) -> object | None:
+        """The first waiting request, to be handed a connection that is being released."""
+        return self.waiters.popleft() if self.waiters else None
+
+    def wake_for_slot(self) -> object | None:
+        """Room was made (a connection closed): the first waiting request may open one, and
+        is counted as opening."""
+        if self.waiters and not self.is_full():
+            self.opening += 1
+            return self.waiters.popleft()
+        return None
 
     def put(self, conn: PooledConnection, now: float) -> bool:
         """Return ``conn``, which the caller found usable, after a clean exchange; False means
@@ -77,10 +130,12 @@ class ServerPool:
         del conn  # active connections are counted, not listed
         self.active -= 1
 
-    def forget_idle(self, conn: PooledConnection) -> None:
-        """An idle connection closed by the server."""
+    def forget_idle(self, conn: PooledConnection) -> bool:
+        """An idle connection closed by the server; True if it was counted here."""
         if conn in self._idle:
             self._idle.remove(conn)
+            return True
+        return False
 
     def expired(self, now: float) -> list[PooledConnection]:
         """Remove and return the idle connections past ``idle_timeout``."""
@@ -94,7 +149,14 @@ class ServerPool:
         return idle
 
     def __repr__(self) -> str:
-        return f"<ServerPool {self.endpoint} [{self.active} active, {len(self._idle)} idle]>"
+        state = f"{self.active} active, {len(self._idle)} idle"
+        if self.opening:
+            state += f", {self.opening} opening"
+        if self.waiters:
+            state += f", {len(self.waiters)} waiting"
+        if self.max_connections is not None:
+            state += f", max {self.max_connections}"
+        return f"<ServerPool {self.endpoint} [{state}]>"
 
 
 class PoolSet:
@@ -107,11 +169,21 @@ class PoolSet:
         self._max_idle = max_idle
         self._idle_timeout = idle_timeout
 
-    def pool(self, endpoint: Endpoint, tls: UpstreamTLS | None = None) -> ServerPool:
+    def pool(
+        self, endpoint: Endpoint, tls: UpstreamTLS | None = None, limits: PoolLimits | None = None
+    ) -> ServerPool:
+        """The server's pool, made on first use with ``limits`` (a listener's ``pool``) or the
+        gateway's defaults. A server behind two listeners keeps the first one's limits."""
         key = (endpoint.ip, endpoint.port, tls)
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = ServerPool(endpoint, self._max_idle, self._idle_timeout)
+            if limits is None:
+                pool = ServerPool(endpoint, self._max_idle, self._idle_timeout)
+            else:
+                pool = ServerPool(
+                    endpoint, limits.max_idle, limits.idle_timeout, limits.max_connections
+                )
+            self._pools[key] = pool
         return pool
 
     def take_idle(

@@ -344,6 +344,7 @@ class ClientConnection(asyncio.Protocol):
                 ctx.engine,
                 ctx.gateway.connect_timeout,
                 tls=route.tls,
+                limits=route.group.listener.pool,
             )
         except HTTPError as exc:
             self._connect_task = None

@@ -13,9 +13,11 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 from lbproxy.authz import Endpoint, Reach
+from lbproxy.config import PoolLimits
 from lbproxy.errors import (
     GatewayTimeout,
     HTTPError,
+    ServiceUnavailable,
     UpstreamClosed,
     UpstreamConnectFailed,
 )
@@ -107,6 +109,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.client is not None:
             self.client = None
             self.pool.discard(self)
+            free_slot(self.pool)
         self.close()
 
     def _finish(self, reusable: bool) -> None:
@@ -117,12 +120,16 @@ class UpstreamConnection(asyncio.Protocol):
             transport.is_closing() or transport.get_write_buffer_size()
         ):
             self.pool.discard(self)
+            free_slot(self.pool)
             self.close()
             return
         # The client may have paused our reading for flow control; an idle connection must
         # read, to notice the server closing it.
         transport.resume_reading()
-        if not self.pool.put(self, self._loop.time()):
+        pool = self.pool
+        if pool.waiters and _hand_over(pool, self):
+            return  # straight to a request that waited for a connection: it stays active
+        if not pool.put(self, self._loop.time()):
             self.close()  # the pool is full (put has already stopped counting it)
 
     # -- asyncio.Protocol -----------------------------------------------------------------
@@ -163,7 +170,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = False
         client = self.client
         if client is None:
-            self.pool.forget_idle(self)
+            if self.pool.forget_idle(self):
+                free_slot(self.pool)
             return
         if exc is not None:
             # A reset is not an end: a close-delimited body cut by it must not look complete.
@@ -196,9 +204,67 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = False
         self.client = None
         self.pool.discard(self)
+        free_slot(self.pool)
         if client is not None:
             client.on_upstream_error(error)
         self.close()
+
+
+def _hand_over(pool: ServerPool, conn: UpstreamConnection) -> bool:
+    """Give ``conn`` to the first request still waiting for one; False if none is left."""
+    while (waiter := pool.next_waiter()) is not None:
+        future: asyncio.Future[UpstreamConnection | None] = waiter  # type: ignore[assignment]
+        if not future.done():  # a waiter that timed out may not have left the queue yet
+            future.set_result(conn)
+            return True
+    return False
+
+
+def free_slot(pool: ServerPool) -> None:
+    """A connection closed: the first waiting request may open one in its place."""
+    while (waiter := pool.wake_for_slot()) is not None:
+        future: asyncio.Future[UpstreamConnection | None] = waiter  # type: ignore[assignment]
+        if not future.done():
+            future.set_result(None)
+            return
+        pool.unreserve()
+
+
+async def _wait_for_connection(pool: ServerPool, limits: PoolLimits) -> UpstreamConnection | None:
+    """Queue for a connection of a full pool: one handed over, or None for a reserved slot."""
+    if len(pool.waiters) >= limits.max_queue:
+        raise ServiceUnavailable(
+            f"{pool.endpoint}: all {pool.max_connections} connections busy "
+            f"and {len(pool.waiters)} requests queued"
+        )
+    future: asyncio.Future[UpstreamConnection | None] = asyncio.get_running_loop().create_future()
+    pool.waiters.append(future)
+    taken = False
+    try:
+        async with asyncio.timeout(limits.queue_timeout):
+            handed = await future
+            taken = True
+            return handed
+    except TimeoutError:
+        raise ServiceUnavailable(
+            f"{pool.endpoint}: no connection free within {limits.queue_timeout:g}s "
+            f"(max_connections = {pool.max_connections})"
+        ) from None
+    finally:
+        if future in pool.waiters:
+            pool.waiters.remove(future)
+        if not taken and future.done() and not future.cancelled():
+            # Handed a connection (or a slot) just as the wait ended: pass it on.
+            _give_back(pool, future.result())
+
+
+def _give_back(pool: ServerPool, handed: UpstreamConnection | None) -> None:
+    """What a cancelled waiter was given goes to the next one (or back to the pool)."""
+    if handed is None:
+        pool.unreserve()
+        free_slot(pool)
+    else:
+        handed.release(reusable=True)
 
 
 async def open_connection(
@@ -209,12 +275,18 @@ async def open_connection(
     timeout: float,
     *,
     tls: UpstreamTLS | None = None,
+    limits: PoolLimits | None = None,
 ) -> UpstreamConnection:
-    """Open a new connection to ``endpoint``; the gate is asked first, whoever asks. With
-    ``tls`` the handshake (certificate and name verified) is part of the connect."""
+    """A new connection to ``endpoint`` (or, when the server's pool is at max_connections, the
+    first one released while this request queued). The gate is asked first, whoever asks;
+    with ``tls`` the handshake (certificate and name verified) is part of the connect."""
     check_gate(reach, endpoint)
     loop = asyncio.get_running_loop()
-    pool = pools.pool(endpoint, tls)
+    pool = pools.pool(endpoint, tls, limits)
+    if not pool.reserve():
+        handed = await _wait_for_connection(pool, limits or PoolLimits())
+        if handed is not None:
+            return handed
     factory: Callable[[], UpstreamConnection] = lambda: UpstreamConnection(pool, engine, loop)  # noqa: E731
     try:
         async with asyncio.timeout(timeout):
@@ -228,11 +300,15 @@ async def open_connection(
                     ssl=tls.context,
                     server_hostname=tls.server_hostname,
                 )
-    except TimeoutError:
-        raise GatewayTimeout(f"connect to {endpoint} timed out after {timeout:g}s") from None
-    except OSError as exc:
-        raise UpstreamConnectFailed(
-            f"connect to {endpoint}: {exc.strerror or exc}", exc.errno
-        ) from None
-    pool.opened()
+    except BaseException as exc:
+        pool.unreserve()
+        free_slot(pool)
+        if isinstance(exc, TimeoutError):
+            raise GatewayTimeout(f"connect to {endpoint} timed out after {timeout:g}s") from None
+        if isinstance(exc, OSError):
+            raise UpstreamConnectFailed(
+                f"connect to {endpoint}: {exc.strerror or exc}", exc.errno
+            ) from None
+        raise
+    pool.opened(reserved=True)
     return conn

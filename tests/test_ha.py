@@ -419,3 +419,54 @@ def test_https_backend_is_verified_against_the_configured_ca(
         client.close()
     finally:
         lt.run(backend.stop())
+
+
+def test_max_connections_queue_hands_over_then_503s(
+    lt: LoopThread, start_gateway: StartGateway
+) -> None:
+    async def slow(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.4)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        return True
+
+    backend = Backend("q", handler=slow, host="127.0.0.41")
+    lt.run(backend.start())
+    try:
+        pool = "pool = { max_connections = 1, max_queue = 1, queue_timeout = 2.0 }"
+        gateway = start_gateway(ha_toml([(backend, "")], listener=pool))
+        clients = [Client(gateway.connect()) for _ in range(3)]
+        for client in clients:
+            client.send(b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.05)  # in this order: one served, one queued, one turned away
+        results = [(c.response()[0].status_code, c) for c in clients]
+        assert [status for status, _ in results] == [200, 200, 503]
+        assert backend.connections == 1  # the queued request got the same connection
+        for client in clients:
+            client.close()
+    finally:
+        lt.run(backend.stop())
+
+
+def test_queue_timeout_answers_503(lt: LoopThread, start_gateway: StartGateway) -> None:
+    async def slower(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(1.0)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        return True
+
+    backend = Backend("q", handler=slower, host="127.0.0.42")
+    lt.run(backend.start())
+    try:
+        pool = "pool = { max_connections = 1, queue_timeout = 0.2 }"
+        gateway = start_gateway(ha_toml([(backend, "")], listener=pool))
+        first, second = Client(gateway.connect()), Client(gateway.connect())
+        first.send(b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.05)
+        second.send(b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n")
+        response, body = second.response()
+        assert response.status_code == 503 and b"no connection free within 0.2s" in body
+        assert (b"retry-after", b"1") in response.headers
+        assert first.response()[0].status_code == 200
+        first.close()
+        second.close()
+    finally:
+        lt.run(backend.stop())

@@ -78,3 +78,27 @@ def test_take_idle_asks_the_gate_first() -> None:
     other = Endpoint("127.0.0.1", 9002, 1, "i-1")
     with pytest.raises(UpstreamNotAuthorized, match=re.escape("127.0.0.1:9002")):
         pools.take_idle(reach, other)
+
+
+def test_max_connections_queues_then_hands_over_or_frees_a_slot() -> None:
+    pool = ServerPool(EP, max_idle=4, idle_timeout=60, max_connections=2)
+    assert pool.reserve() and pool.reserve()  # two connections opening
+    assert not pool.reserve() and pool.is_full()
+    pool.opened(reserved=True)
+    pool.opened(reserved=True)
+    first, second = object(), object()
+    pool.waiters.extend([first, second])
+    assert repr(pool) == "<ServerPool 127.0.0.1:9001 [2 active, 0 idle, 2 waiting, max 2]>"
+    assert pool.next_waiter() is first  # a released connection goes to the first waiter
+    assert pool.wake_for_slot() is None  # still full: nobody may open
+    pool.discard(FakeConn())  # a connection closed
+    assert pool.wake_for_slot() is second  # ... so the next waiter opens one, counted
+    assert repr(pool) == "<ServerPool 127.0.0.1:9001 [1 active, 0 idle, 1 opening, max 2]>"
+    pool.unreserve()  # its connect failed
+    assert pool.reserve()  # room again, nobody waiting
+
+
+def test_waiters_come_before_new_opens() -> None:
+    pool = ServerPool(EP, max_idle=4, idle_timeout=60, max_connections=3)
+    pool.waiters.append(object())
+    assert not pool.reserve()  # not full, but a request queued earlier goes first
