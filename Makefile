@@ -7,7 +7,7 @@ SRC := lbproxy
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test check fmt lint typecheck pytest bench clean
+.PHONY: demo test test-deps check fmt lint typecheck pytest bench bench-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,13 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed-run
 	$(BIN)/lbproxy demo
 
-test: check
+test: test-deps check
+
+# nginx for the tests that run a benchmark briefly (they skip, saying why, where it cannot be had).
+test-deps:
+	@command -v nginx >/dev/null || \
+		{ $(SUDO) $(APT_GET) update -qq && $(SUDO) $(APT_GET) install -y -qq nginx; } || \
+		echo "nginx could not be installed: the tests that need it will be skipped"
 
 check: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check $(SRC) tests bench

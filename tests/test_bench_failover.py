@@ -1,0 +1,29 @@
+"""bench/failover.py runs for a few seconds, so it cannot rot: a server killed and restarted
+under load costs no failed request."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="needs nginx (apt-get install nginx)")
+def test_failover_bench_kills_a_server_without_failed_requests() -> None:
+    result = subprocess.run(
+        [sys.executable, "failover.py", "--seconds", "4.5", "--connections", "4"],
+        cwd=BENCH,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert ", failed: 0 {200: " in result.stdout, result.stdout
+    assert "i-b:18111 ejected" in result.stdout or "i-b:18111 down" in result.stdout
+    assert "back in rotation" in result.stdout
