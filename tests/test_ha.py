@@ -200,26 +200,34 @@ def test_killed_server_costs_no_failed_request(
     assert len(b.seen) == seen_after_kill[0]  # nothing reached it after it died
 
 
-def test_hanging_server_get_is_retried_post_is_not(
-    lt: LoopThread, start_gateway: StartGateway
+def test_hanging_server_get_is_retried_post_is_not_then_it_is_ejected(
+    lt: LoopThread, start_gateway: StartGateway, caplog: pytest.LogCaptureFixture
 ) -> None:
     hung = Backend("h", handler=hang, host="127.0.0.14")
     fine = Backend("f", handler=answering("f"), host="127.0.0.15")
     for backend in (hung, fine):
         lt.run(backend.start())
     try:
-        listener = "retry = { tries = 2, try_timeout = 0.5 }\npassive = { max_fails = 0 }"
+        listener = (
+            "retry = { tries = 2, try_timeout = 0.5 }\n"
+            "passive = { max_fails = 2, fail_timeout = 30 }"
+        )
         gateway = start_gateway(ha_toml([(hung, ""), (fine, "")], listener=listener))
         client = Client(gateway.connect())
-        # WRR sends the first request to the hanging server, the second to the good one.
-        assert get(client) == (200, b"f")  # GET: retried on the other server after 0.5 s
-        assert get(client)[1] == b"f"
-        client.close()
-        client = Client(gateway.connect())
-        status, body = get(client, method="POST")  # to the hanging server: sent once
-        assert status == 504 and b"upstream_timeout" in body
+        with caplog.at_level(logging.INFO):
+            # WRR sends the first request to the hanging server, the second to the good one.
+            assert get(client) == (200, b"f")  # GET: retried on the other server after 0.5 s
+            assert get(client)[1] == b"f"
+            client.close()
+            client = Client(gateway.connect())
+            status, body = get(client, method="POST")  # to the hanging server: sent once
+            assert status == 504 and b"upstream_timeout" in body
+            # Two timeouts in a row: the hanging server is out, every request goes to the other.
+            assert "ejected: 2 failure(s) in a row; last: upstream timeout" in caplog.text
+            assert {get(client, method="POST") for _ in range(10)} == {(200, b"f")}
         client.close()
         assert [s.method for s in hung.seen] == ["GET", "POST"]
+        assert "POST was sent and is not idempotent" in caplog.text
     finally:
         for backend in (hung, fine):
             lt.run(backend.stop())
