@@ -2,11 +2,13 @@
 
 Theory of operation. The parser engine calls ``on_request_head/body/end``. A head is routed to a
 ``Route`` (an API's authorization, or a load balancer listener), the balancer picks a server,
-and the request is written to a pooled ``UpstreamConnection`` (or a new one, once connected).
-Bodies stream both ways; a full write buffer on either side pauses reading on the other.
-Requests pipelined behind the active one are queued as parser events, with reading paused, and
-replayed when the active response ends, so answers go out in order and memory stays bounded.
-A client connection serves one exchange at a time; per-request state lives in its slots.
+and the request is handed to the tries (``UpstreamTries``, tries.py, a mixin of this class):
+written to a pooled ``UpstreamConnection`` (or a new one, once connected), and tried again on
+another server where a failure allows it. Bodies stream both ways; a full write buffer on either
+side pauses reading on the other. Requests pipelined behind the active one are queued as parser
+events, with reading paused, and replayed when the active response ends, so answers go out in
+order and memory stays bounded. A client connection serves one exchange at a time; per-request
+state lives in its slots (and the tries' slots), cleared by ``_reset`` when an exchange ends.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from lbproxy import framing
 from lbproxy.deadline import Deadline
 from lbproxy.errors import (
     BadRequest,
-    GatewayTimeout,
     HTTPError,
     PayloadTooLarge,
     RequestTimeout,
@@ -30,24 +31,21 @@ from lbproxy.errors import (
     ShuttingDown,
     UpstreamNotAuthorized,
 )
-from lbproxy.failover import Failover, connect_failure, exchange_failure
 from lbproxy.framing import BODY_CHUNKED, BODY_NONE, RequestHead, ResponseHead
 from lbproxy.http import request_parser
 from lbproxy.responses import error_response
-from lbproxy.retry import Failure
 from lbproxy.router import request_path
-from lbproxy.upstream import UpstreamConnection, open_connection
+from lbproxy.tries import PAUSE_CONNECTING, UpstreamTries
 
 if TYPE_CHECKING:
-    from lbproxy.authz import Endpoint
-    from lbproxy.routes import RelayContext, Route, ServerGroup
+    from lbproxy.routes import RelayContext, Route
 
 log = logging.getLogger("lbproxy.relay")
 
 # Reasons reading from the client is paused; reading resumes when none is left.
 _PAUSE_PIPELINE = 1
 _PAUSE_UPSTREAM_FULL = 2
-_PAUSE_CONNECTING = 4
+_PAUSE_CONNECTING = PAUSE_CONNECTING  # 4: a connect holds the request's bytes (tries.py)
 _CONNECT_BUFFER_LIMIT = 256 * 1024
 # Request bytes held to send again if a try fails (Envoy's per-request buffer limit is 64 KiB
 # too); a larger request is sent once, whatever its method.
@@ -68,20 +66,16 @@ _REQUEST_ID_PREFIX = os.urandom(6).hex().encode()
 _request_numbers = itertools.count(1)
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(UpstreamTries, asyncio.Protocol):
     __slots__ = (
         "_body_limit",
         "_body_seen",
         "_client_ip",
         "_closing",
-        "_connect_task",
         "_ctx",
         "_deadline",
-        "_failover",
-        "_group",
         "_head",
         "_head_state",
-        "_host",
         "_input_broken",
         "_keep_alive",
         "_parser",
@@ -89,13 +83,9 @@ class ClientConnection(asyncio.Protocol):
         "_pending",
         "_replaying",
         "_request_done",
-        "_resend",
-        "_resend_size",
         "_resp_mode",
         "_response_started",
         "_route",
-        "_send_buffer",
-        "_upstream",
         "_upstream_keep_alive",
         "_write_paused",
         "transport",
@@ -120,15 +110,14 @@ class ClientConnection(asyncio.Protocol):
         self._write_paused = False
         # Response bytes of one upstream read, written to the client in one send.
         self.wbuf: list[bytes] = []
-        self._connect_task: asyncio.Task[None] | None = None
-        self._group: ServerGroup | None = None
+        self._connect_task = None
         self._reset()
 
     def _reset(self) -> None:
         self._head: RequestHead | None = None
         self._route: Route | None = None
-        self._upstream: UpstreamConnection | None = None
-        self._send_buffer: list[bytes] | None = None
+        self._upstream = None
+        self._send_buffer = None
         self._request_done = False
         self._response_started = False
         self._resp_mode = BODY_NONE
@@ -136,12 +125,11 @@ class ClientConnection(asyncio.Protocol):
         self._keep_alive = True
         self._body_seen = 0
         self._body_limit = 0
-        # The request's accounting in its server group: the host of the try in flight (-1:
-        # none), the failover once a try failed, and the request bytes kept to send again.
+        # The tries' accounting (tries.py says what each is).
         self._group = None
         self._host = -1
-        self._failover: Failover | None = None
-        self._resend: list[bytes] | None = None
+        self._failover = None
+        self._resend = None
         self._resend_size = 0
 
     # -- asyncio.Protocol -----------------------------------------------------------------
@@ -304,104 +292,6 @@ class ClientConnection(asyncio.Protocol):
         if head.expect_continue and head.has_body() and self.transport is not None:
             self.transport.write(_CONTINUE)
 
-    def _try(self, host: int, data: bytes, fresh: bool) -> None:
-        """Send the request (``data``: every byte of it so far) to the group's server ``host``,
-        on a pooled connection unless ``fresh``."""
-        ctx = self._ctx
-        route = self._route
-        group = self._group
-        head = self._head
-        assert route is not None and group is not None and head is not None
-        self._host = host
-        group.table.hosts[host].in_flight += 1  # what least_conn weighs
-        endpoint = group.endpoints[host]
-        try:
-            # The pool holds only UpstreamConnections; it is typed by the protocol it needs.
-            upstream: UpstreamConnection | None = (
-                None if fresh else ctx.pools.take_idle(route.reach, endpoint, route.tls)  # type: ignore[assignment]
-            )
-        except HTTPError as exc:  # the authorization gate refused: no other server will do
-            self._fail_request(exc, close=not self._request_done)
-            return
-        self._deadline.set_in(route.try_timeout)
-        if upstream is not None:
-            self._upstream = upstream
-            # A client that cannot take more response bytes now holds the response back.
-            upstream.send(self, head.method, data, self._write_paused)
-        else:
-            self._send_buffer = [data]
-            self._connect_task = ctx.loop.create_task(self._connect(endpoint, head.method))
-
-    async def _connect(self, endpoint: Endpoint, method: bytes) -> None:
-        ctx = self._ctx
-        route = self._route
-        assert route is not None
-        try:
-            upstream = await open_connection(
-                ctx.pools,
-                route.reach,
-                endpoint,
-                ctx.engine,
-                ctx.gateway.connect_timeout,
-                tls=route.tls,
-                limits=route.group.listener.pool,
-            )
-        except HTTPError as exc:
-            self._connect_task = None
-            self._try_failed(exc, connect_failure(exc))
-            return
-        self._connect_task = None
-        buffered = self._send_buffer
-        if self._closing or buffered is None:
-            upstream.release(reusable=True)
-            return
-        self._send_buffer = None
-        self._upstream = upstream
-        upstream.send(self, method, b"".join(buffered), self._write_paused)
-        self._resume(_PAUSE_CONNECTING)
-
-    def _try_failed(self, error: HTTPError, failure: Failure | None) -> None:
-        """A try failed with ``error``: try again where that is safe, else answer it."""
-        group = self._group
-        host = self._host
-        head = self._head
-        if group is None or head is None or failure is None or host < 0:
-            self._upstream_error(error)
-            return
-        self._host = -1
-        group.table.hosts[host].in_flight -= 1
-        if self._failover is None:
-            self._failover = Failover(group, head)
-        now = self._ctx.loop.time()
-        resend = self._resend
-        if resend is None and failure.is_connect:
-            resend = self._send_buffer  # nothing was sent: what waited for the connect
-        following = self._failover.next_try(
-            host, failure, self._response_started, resend is not None, now
-        )
-        if following is None or resend is None:
-            self._upstream_error(self._failover.final_error(error, now))
-            return
-        if self._connect_task is not None:
-            self._connect_task.cancel()
-            self._connect_task = None
-        self._send_buffer = None
-        self._try(following[0], b"".join(resend), fresh=following[1])
-
-    def _settle(self) -> None:
-        """The request is over (answered, failed or abandoned): its counts end."""
-        group = self._group
-        if group is None:
-            return
-        self._group = None
-        if self._host >= 0:
-            group.table.hosts[self._host].in_flight -= 1
-            self._host = -1
-        group.budget.requests -= 1
-        if self._failover is not None:
-            self._failover.finish()
-            self._failover = None
-
     def _forward_body(self, data: bytes) -> None:
         self._body_seen += len(data)
         if self._body_seen > self._body_limit:
@@ -469,16 +359,6 @@ class ClientConnection(asyncio.Protocol):
         if self._route is not None and not self._write_paused:
             self._deadline.set_in(self._route.try_timeout)
 
-    def _report_status(self, group: ServerGroup, status: int) -> None:
-        """Passive health hears of the answer (only while it has something to learn)."""
-        if self._host < 0:
-            return
-        now = self._ctx.loop.time()
-        if group.board.is_failure_status(status):
-            group.report_failure(self._host, f"status {status}", now)
-        else:
-            group.report_success(self._host, now)
-
     def on_response_body(self, data: bytes) -> None:
         if self._resp_mode == BODY_CHUNKED:
             self.wbuf.append(framing.encode_chunk(data))
@@ -513,12 +393,6 @@ class ClientConnection(asyncio.Protocol):
             return
         self._finish_exchange()
 
-    def on_upstream_error(self, error: HTTPError) -> None:
-        upstream = self._upstream
-        self._upstream = None
-        stale = upstream is not None and upstream.exchanges > 1 and not upstream.answered
-        self._try_failed(error, exchange_failure(error, stale))
-
     def _upstream_error(self, error: HTTPError) -> None:
         self.flush()
         if self._response_started:
@@ -527,20 +401,6 @@ class ClientConnection(asyncio.Protocol):
             self._close()
             return
         self._fail_request(error, close=not self._request_done)
-
-    def _on_upstream_timeout(self) -> None:
-        upstream = self._upstream
-        self._upstream = None
-        if upstream is not None:
-            upstream.abandon()
-        timeout = self._route.try_timeout if self._route else 0.0
-        task = self._connect_task
-        connecting = task is not None
-        if task is not None:
-            task.cancel()
-            self._connect_task = None
-        error = GatewayTimeout(f"no response within {timeout:g}s")
-        self._try_failed(error, Failure.CONNECT_TIMEOUT if connecting else Failure.TIMEOUT)
 
     def _on_timeout(self) -> None:
         if self._head is not None:
