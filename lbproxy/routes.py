@@ -154,9 +154,20 @@ class RouteTable:
     groups: dict[str, ServerGroup]
 
 
-def build_routes(config: Config) -> RouteTable:
+def build_routes(config: Config, previous: RouteTable | None = None) -> RouteTable:
+    """The routes of ``config``. With ``previous`` (a runtime change), server groups whose
+    servers and listener settings are unchanged are kept, with their health and balancing
+    state, so a change of authorizations does not forget what health checks learnt."""
     table = build_reachability(config)
     groups: dict[str, ServerGroup] = {}
+    kept = previous.groups if previous is not None else {}
+
+    def group_for(name: str, endpoints: tuple[Endpoint, ...], listener: Listener) -> ServerGroup:
+        old = kept.get(name)
+        if old is not None and old.endpoints == endpoints and old.listener == listener:
+            return old
+        return ServerGroup(name, endpoints, listener)
+
     gw = config.gateway
     listener_routes = {}
     listeners = {
@@ -165,7 +176,7 @@ def build_routes(config: Config) -> RouteTable:
         for listener in lb.listeners
     }
     for key, reach in table.by_listener.items():
-        groups[key] = ServerGroup(key, reach.endpoints, listeners[key])
+        groups[key] = group_for(key, reach.endpoints, listeners[key])
         groups[key].check_reach = reach
         listener_routes[key] = Route.build(
             key,
@@ -183,7 +194,7 @@ def build_routes(config: Config) -> RouteTable:
             group = groups[reach.balanced_by]
         else:
             (endpoint,) = reach.endpoints
-            group = groups.get(reach.scope) or ServerGroup(
+            group = groups.get(reach.scope) or group_for(
                 reach.scope, reach.endpoints, _single_server(endpoint)
             )
             groups[reach.scope] = group

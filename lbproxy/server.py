@@ -7,19 +7,32 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from lbproxy.admin import AdminServer, AuthorizationsAPI
 from lbproxy.authz import listener_key
 from lbproxy.checker import HealthChecker
-from lbproxy.config import Config, HostPort
+from lbproxy.config import Config, GatewayConfig, HostPort
 from lbproxy.errors import StartupError
 from lbproxy.pool import PoolSet
 from lbproxy.relay import ClientConnection
-from lbproxy.routes import RelayContext, Route, RouteTable, build_routes
+from lbproxy.routes import RelayContext, Route, RouteTable, ServerGroup, build_routes
+from lbproxy.state import Document, state_path
 
 log = logging.getLogger("lbproxy.server")
 Resolver = Callable[[bytes, bytes], Route]
 _SWEEP_INTERVAL = 5.0
+
+
+def admin_token(gateway: GatewayConfig) -> str | None:
+    """The admin API's bearer token: ``admin_token``, or the variable ``admin_token_env``."""
+    token: str | None = getattr(gateway, "admin_token", None)
+    env: str | None = getattr(gateway, "admin_token_env", None)
+    if token is None and env:
+        token = os.environ.get(env) or None
+    return token
 
 
 def _bind_error(address: HostPort, exc: OSError) -> StartupError:
@@ -36,15 +49,21 @@ def _bind_error(address: HostPort, exc: OSError) -> StartupError:
 
 
 class Runtime:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, document: Document | None = None) -> None:
+        """``document``: the configuration file as parsed TOML, which the admin API needs to
+        validate changes like the file; without it the admin listener is not started."""
         self.config = config
+        self._document = document
+        self.admin: AdminServer | None = None
         self.routes: RouteTable = build_routes(config)
         gw = config.gateway
         self.pools = PoolSet(gw.upstream_max_idle, gw.upstream_idle_timeout)
         self._servers: list[asyncio.Server] = []
         self._contexts: list[RelayContext] = []
         self._sweeper: asyncio.TimerHandle | None = None
-        self.checkers: list[HealthChecker] = []
+        self.checkers: list[_Checked] = []
+        self._stopping: set[asyncio.Task[None]] = set()
+        self._api_ctx: RelayContext | None = None
         self.addresses: list[HostPort] = []
 
     def __repr__(self) -> str:
@@ -57,9 +76,26 @@ class Runtime:
         self._contexts.append(ctx)
         return ctx
 
+    def apply(self, config: Config) -> None:
+        """Take ``config``'s authorizations and APIs for new requests; requests in flight keep
+        the routes they started with. Load balancer listeners are not rebound here."""
+        routes = build_routes(config, previous=self.routes)
+        self.config = config
+        self.routes = routes
+        if self._api_ctx is not None:
+            self._api_ctx.resolve = routes.api_router.match
+        loop = asyncio.get_running_loop()
+        live = {id(g) for g in routes.groups.values()}
+        for checker in [c for c in self.checkers if id(c.group) not in live]:
+            self.checkers.remove(checker)
+            task = loop.create_task(checker.checker.stop())
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+        self._start_checks(loop)
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        api_ctx = self._context(loop, self.routes.api_router.match)
+        api_ctx = self._api_ctx = self._context(loop, self.routes.api_router.match)
         try:
             for address in self.config.gateway.listen:
                 await self._listen(loop, api_ctx, address)
@@ -73,11 +109,25 @@ class Runtime:
             raise
         self._sweeper = loop.call_later(_SWEEP_INTERVAL, self._sweep)
         self._start_checks(loop)
+        await self._start_admin()
+
+    async def _start_admin(self) -> None:
+        gw = self.config.gateway
+        if gw.admin_listen is None or self._document is None:
+            return
+        api = AuthorizationsAPI(self, self._document, state_path(self.config), admin_token(gw))
+        self.admin = AdminServer(api, gw.admin_listen)
+        try:
+            await self.admin.start()
+        except OSError as exc:
+            await self.stop()
+            raise _bind_error(gw.admin_listen, exc) from exc
 
     def _start_checks(self, loop: asyncio.AbstractEventLoop) -> None:
+        checked = {id(c.group) for c in self.checkers}
         for group in self.routes.groups.values():
             check = group.listener.health_check
-            if check is None or group.check_reach is None:
+            if check is None or group.check_reach is None or id(group) in checked:
                 continue
             tls = group.check_tls
             checker = HealthChecker(
@@ -91,7 +141,7 @@ class Runtime:
                 ssl_context=None if tls is None else tls.context,
             )
             checker.start()
-            self.checkers.append(checker)
+            self.checkers.append(_Checked(group, checker))
 
     async def _listen(
         self, loop: asyncio.AbstractEventLoop, ctx: RelayContext, address: HostPort
@@ -122,8 +172,10 @@ class Runtime:
         """Stop accepting, let in-flight exchanges end within ``timeout``, then close all."""
         if self._sweeper is not None:
             self._sweeper.cancel()
-        for checker in self.checkers:
-            await checker.stop()
+        if self.admin is not None:
+            await self.admin.stop()
+        for checked in self.checkers:
+            await checked.checker.stop()
         self.checkers.clear()
         for server in self._servers:
             server.close()
@@ -142,6 +194,14 @@ class Runtime:
         for idle in self.pools.drain():
             idle.close()
         self._servers.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """A running health checker and the server group it checks."""
+
+    group: ServerGroup
+    checker: HealthChecker
 
 
 def _fixed(route: Route) -> Resolver:

@@ -1,0 +1,249 @@
+"""The admin listener: the authorizations API (list, create, update, delete).
+
+Theory of operation. The admin listener is loopback by default and speaks small JSON over
+HTTP/1.1 (h11: this is not the hot path). Reads and writes need ``Authorization: Bearer
+<admin_token>``; with no token configured, reads are open (the listener is loopback) and every
+write is refused, so a gateway never takes changes from whoever can reach a port. A change is
+the whole new list of authorizations, validated by the configuration's own ``parse_config``
+(messages name ``authorization[i].key`` as for the file), saved atomically to the state file,
+and only then applied (``Runtime.apply``): new requests take it, requests in flight finish on
+the routes they started with. Deleting an authorization that an API uses is refused with 409
+naming the APIs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+import h11
+
+from lbproxy.config import HostPort
+from lbproxy.errors import ConfigError
+from lbproxy.state import AuthorizationFields, Document, save_state, with_authorizations
+
+if TYPE_CHECKING:
+    from lbproxy.server import Runtime
+
+log = logging.getLogger("lbproxy.admin")
+_ITEM = re.compile(r"^/admin/authorizations/([^/]+)$")
+_MAX_BODY = 1024 * 1024
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, error: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body: dict[str, Any] = {"status": status, "error": error, "message": message, **extra}
+
+
+class AuthorizationsAPI:
+    """The authorization list and the changes to it; HTTP-free, so tests can drive it too."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        document: Document,
+        state_file: str | None,
+        token: str | None,
+    ) -> None:
+        self._runtime = runtime
+        self._document = document
+        self._state_file = state_file
+        self._token = token
+        self.authorizations: list[AuthorizationFields] = [
+            dict(a) for a in document.get("authorization", [])
+        ]
+
+    def check_token(self, header: bytes | None, write: bool) -> None:
+        if self._token is None:
+            if write:
+                raise AdminError(
+                    403,
+                    "writes_disabled",
+                    "no admin_token is configured, so the admin API is read-only; set "
+                    "[gateway] admin_token or admin_token_env",
+                )
+            return
+        expected = b"Bearer " + self._token.encode()
+        if header is None or not hmac.compare_digest(header, expected):
+            raise AdminError(401, "unauthorized", "send Authorization: Bearer <admin_token>")
+
+    def create(self, fields: AuthorizationFields) -> AuthorizationFields:
+        name = fields.get("name")
+        if any(a.get("name") == name for a in self.authorizations):
+            raise AdminError(409, "exists", f"authorization `{name}` exists; PUT to change it")
+        self._commit([*self.authorizations, fields])
+        return fields
+
+    def update(self, name: str, fields: AuthorizationFields) -> AuthorizationFields:
+        fields = {**fields, "name": fields.get("name", name)}
+        if fields["name"] != name:
+            raise AdminError(
+                400, "name_mismatch", f"the body names `{fields['name']}`, the path `{name}`"
+            )
+        index = self._index(name)
+        changed = list(self.authorizations)
+        changed[index] = fields
+        self._commit(changed)
+        return fields
+
+    def delete(self, name: str) -> None:
+        index = self._index(name)
+        users = [api.name for api in self._runtime.config.apis if api.backend.authorization == name]
+        if users:
+            raise AdminError(
+                409,
+                "in_use",
+                f"authorization `{name}` is used by API(s) {', '.join(f'`{u}`' for u in users)}; "
+                "change or remove them first",
+                apis=users,
+            )
+        self._commit(self.authorizations[:index] + self.authorizations[index + 1 :])
+
+    def get(self, name: str) -> AuthorizationFields:
+        return self.authorizations[self._index(name)]
+
+    def _index(self, name: str) -> int:
+        for index, entry in enumerate(self.authorizations):
+            if entry.get("name") == name:
+                return index
+        raise AdminError(404, "not_found", f"no authorization `{name}`")
+
+    def _commit(self, authorizations: list[AuthorizationFields]) -> None:
+        if self._state_file is None:
+            raise AdminError(
+                409,
+                "no_state_file",
+                "set [gateway] state_file so that runtime changes survive a restart",
+            )
+        try:
+            config = with_authorizations(self._document, authorizations, self._runtime.config.file)
+        except ConfigError as exc:
+            problems = [f"{p.key}: {p.message}" for p in exc.problems]
+            raise AdminError(
+                400, "invalid_authorization", "; ".join(problems), problems=problems
+            ) from None
+        save_state(self._state_file, authorizations)
+        self.authorizations = authorizations
+        self._runtime.apply(config)
+        log.info("authorizations changed: %d now", len(authorizations))
+
+
+class AdminServer:
+    def __init__(self, api: AuthorizationsAPI, address: HostPort) -> None:
+        self.api = api
+        self._address = address
+        self._server: asyncio.Server | None = None
+        self.address: HostPort | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, *self._address)
+        bound = self._server.sockets[0].getsockname()
+        self.address = (bound[0], bound[1])
+        log.info("admin API on %s:%d", *self.address)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+        try:
+            while True:
+                request, body = await _read_request(conn, reader)
+                if request is None:
+                    return
+                status, payload = self._handle(request, body)
+                await _respond(conn, writer, status, payload)
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return
+                conn.start_next_cycle()
+        except (ConnectionError, h11.ProtocolError, asyncio.IncompleteReadError):
+            return
+        finally:
+            writer.close()
+
+    def _handle(self, request: h11.Request, body: bytes) -> tuple[int, Any]:
+        method = request.method.decode()
+        path = request.target.decode("latin-1").partition("?")[0]
+        header = next((v for k, v in request.headers if k == b"authorization"), None)
+        try:
+            return self._route(method, path, header, body)
+        except AdminError as exc:
+            return exc.status, exc.body
+
+    def _route(self, method: str, path: str, header: bytes | None, body: bytes) -> tuple[int, Any]:
+        api = self.api
+        item = _ITEM.match(path)
+        if path == "/admin/authorizations":
+            if method == "GET":
+                api.check_token(header, write=False)
+                return 200, {"authorizations": api.authorizations}
+            if method == "POST":
+                api.check_token(header, write=True)
+                return 201, api.create(_json_object(body))
+            raise AdminError(405, "method_not_allowed", "use GET or POST")
+        if item is not None:
+            name = item.group(1)
+            if method == "GET":
+                api.check_token(header, write=False)
+                return 200, api.get(name)
+            if method == "PUT":
+                api.check_token(header, write=True)
+                return 200, api.update(name, _json_object(body))
+            if method == "DELETE":
+                api.check_token(header, write=True)
+                api.delete(name)
+                return 200, {"deleted": name}
+            raise AdminError(405, "method_not_allowed", "use GET, PUT or DELETE")
+        raise AdminError(404, "not_found", f"no admin resource {path}")
+
+
+def _json_object(body: bytes) -> AuthorizationFields:
+    try:
+        value = json.loads(body or b"null")
+    except ValueError as exc:
+        raise AdminError(400, "bad_json", f"the body is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise AdminError(400, "bad_json", "the body must be a JSON object of authorization fields")
+    return value
+
+
+async def _read_request(
+    conn: h11.Connection, reader: asyncio.StreamReader
+) -> tuple[h11.Request | None, bytes]:
+    request: h11.Request | None = None
+    body = bytearray()
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await reader.read(65536))
+        elif isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > _MAX_BODY:
+                raise h11.RemoteProtocolError("admin request body too large")
+        elif isinstance(event, h11.EndOfMessage):
+            return request, bytes(body)
+        else:
+            return None, b""
+
+
+async def _respond(
+    conn: h11.Connection, writer: asyncio.StreamWriter, status: int, payload: Any
+) -> None:
+    data = json.dumps(payload).encode() + b"\n"
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    writer.write(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
+    writer.write(conn.send(h11.Data(data=data)) or b"")
+    writer.write(conn.send(h11.EndOfMessage()) or b"")
+    await writer.drain()
