@@ -1,4 +1,4 @@
-"""``lbproxy run | check | demo``: the only place that maps errors to exit codes.
+"""``lbproxy run | check | demo | sign``: the only place that maps errors to exit codes.
 
 Exit codes: 0 ok, 2 usage, 3 start-up failure (a port in use, ...), 78 bad configuration
 (EX_CONFIG from sysexits.h, what systemd and supervisors understand).
@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
+import time
 import tomllib
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -22,6 +24,7 @@ from lbproxy.configload import load_config, parse_config, parse_host_port
 from lbproxy.demo import demo_config_text, start_demo_backends
 from lbproxy.errors import ConfigError, StartupError
 from lbproxy.server import Runtime
+from lbproxy.signing import sign
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -52,11 +55,66 @@ def _parser() -> argparse.ArgumentParser:
         "one (demo backends start on every load balancer server)",
     )
     demo.add_argument("--listen", help="the API front address, e.g. 127.0.0.1:8088")
+    _add_sign_parser(sub)
     return parser
+
+
+SIGN_EPILOG = """\
+Every header printed must be sent as printed: the -H headers, then Accept (*/*, curl's default,
+when no -H gives one), Content-Type (application/x-www-form-urlencoded, curl's default, when
+--data is given without one), Content-MD5 and the X-Ca-* headers. The method defaults to GET, or
+POST with --data, as in curl. The signature is valid for 15 minutes and one request. With bash:
+
+  export APP_SECRET=...
+  mapfile -t H < <(lbproxy sign --key K --secret-env APP_SECRET URL)
+  curl "${H[@]/#/-H}" URL
+"""
+
+
+def _add_sign_parser(sub: Any) -> None:
+    signer = sub.add_parser(
+        "sign",
+        help="print the headers that sign a request as an app (AppKey/AppSecret)",
+        description="Print the headers that sign a request as an app, one 'Name: value' a line.",
+        epilog=SIGN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    signer.set_defaults(sign_parser=signer)  # its usage errors name the subcommand
+    signer.add_argument("--key", required=True, help="the app's key (X-Ca-Key)")
+    secret = signer.add_mutually_exclusive_group(required=True)
+    secret.add_argument(
+        "--secret", help="the app's secret (visible in the process list: prefer --secret-env)"
+    )
+    secret.add_argument(
+        "--secret-env",
+        metavar="NAME",
+        help="read the secret from the environment variable NAME, so that it need not go on "
+        "a command line",
+    )
+    signer.add_argument(
+        "-X", "--request", dest="method", help="the method (default GET, or POST with --data)"
+    )
+    signer.add_argument(
+        "-H",
+        "--header",
+        dest="headers",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a header to send and sign; repeatable",
+    )
+    signer.add_argument(
+        "--data", help="the request body, byte for byte as sent (curl --data-binary 'BODY')"
+    )
+    signer.add_argument(
+        "url", metavar="URL", help="the URL or path, exactly as it will be sent (percent-encoded)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "sign":
+        return _sign(args)
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,
@@ -87,6 +145,36 @@ def _check(path: str) -> int:
         "authorization(s). Reachable upstreams (nothing else is):"
     )
     print(format_table(config, table))
+    return EXIT_OK
+
+
+def _sign(args: argparse.Namespace) -> int:
+    parser: argparse.ArgumentParser = args.sign_parser
+    secret = args.secret
+    if args.secret_env is not None:
+        secret = os.environ.get(args.secret_env)
+        if not secret:
+            parser.error(f"--secret-env: the environment variable {args.secret_env} is not set")
+    headers: list[tuple[str, str]] = []
+    for text in args.headers:
+        name, colon, value = text.partition(":")
+        name, value = name.strip(), value.strip()
+        if not colon or not name or " " in name or not value:
+            parser.error(f"-H {text!r}: expected 'Name: value' with a non-empty value")
+        headers.append((name, value))
+    names = {name.lower() for name, _ in headers}
+    if "accept" not in names:
+        headers.append(("Accept", "*/*"))
+    if args.data is not None and "content-type" not in names:
+        headers.append(("Content-Type", "application/x-www-form-urlencoded"))
+    method = args.method or ("GET" if args.data is None else "POST")
+    body = b"" if args.data is None else args.data.encode()
+    try:
+        added = sign(method, args.url, headers, body, key=args.key, secret=secret, now=time.time())
+    except ValueError as exc:
+        parser.error(str(exc))
+    for name, value in [*headers, *added]:
+        print(f"{name}: {value}")
     return EXIT_OK
 
 

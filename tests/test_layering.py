@@ -23,6 +23,7 @@ PURE = {
     "hosts",
     "retry",
     "router",
+    "signing",
 }
 FOUNDATIONS = {"config", "errors"}
 IO_MODULES = {"asyncio", "socket", "ssl", "selectors", "uvloop", "httptools", "h11"}
