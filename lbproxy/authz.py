@@ -3,14 +3,34 @@
 Pure: built once from a valid ``Config``. ``lbproxy check`` prints the table, and the code that
 opens upstream connections asks ``Reach.permits(ip, port)`` before every connect, so the gateway
 can reach exactly what the table shows and nothing else.
+
+An http/https backend has no authorization: it may reach public addresses only. Its host is
+checked when the configuration is loaded if it is an IP literal, and every address a name
+resolves to must be checked again, after resolution and before the connect, with
+``public_address_problem(ip, config.vpc_cidrs(), config.gateway.http_backend_allow)``;
+checking the name alone would let a DNS answer that changes (rebinding) walk past the gate.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from lbproxy.config import Authorization, Config, Listener, LoadBalancer
+from lbproxy.config import (
+    Api,
+    Authorization,
+    Config,
+    IPAddress,
+    IPNetwork,
+    Listener,
+    LoadBalancer,
+)
+
+_PRIVATE = tuple(
+    ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+)
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +113,9 @@ class ReachabilityTable:
         """(api, methods, path, authorization, target, endpoints) for every API."""
         rows = []
         for api in config.apis:
+            if not api.backend.is_vpc():
+                rows.append(_direct_row(api))
+                continue
             reach = self.by_authorization[api.backend.authorization]
             eps = ", ".join(str(e) for e in reach.endpoints)
             rows.append(
@@ -106,6 +129,16 @@ class ReachabilityTable:
                 )
             )
         return rows
+
+
+def _direct_row(api: Api) -> tuple[str, str, str, str, str, str]:
+    url = api.backend.url
+    assert url is not None  # an http/https backend of a checked config has its url
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    reaches = f"{host}:{url.port}"
+    if url.ip is None:
+        reaches += " (its public addresses, checked at connect)"
+    return (api.name, ",".join(api.methods), api.path, "-", f"url {url}", reaches)
 
 
 def build_reachability(config: Config) -> ReachabilityTable:
@@ -134,4 +167,83 @@ def format_table(config: Config, table: ReachabilityTable) -> str:
     for key, reach in table.by_listener.items():
         eps = ", ".join(f"{e} (w{e.weight}, {e.name})" for e in reach.endpoints)
         lines.append(f"load balancer listener {key} -> {eps}")
+    lines.append(format_egress(config))
     return "\n".join(line.rstrip() for line in lines)
+
+
+def format_egress(config: Config) -> str:
+    """The line telling operators which source address their backends' security groups must
+    allow."""
+    source = config.gateway.egress_source
+    if source is None:
+        return (
+            "backends see connections from the gateway host's address toward each backend "
+            "(no egress_source set)"
+        )
+    return (
+        f"backends see connections from {source} (gateway.egress_source); allow it in their "
+        "security groups"
+    )
+
+
+def public_address_problem(
+    ip: IPAddress, vpc_cidrs: Iterable[IPNetwork], allowed: Iterable[IPNetwork]
+) -> str | None:
+    """Why an http/https backend may not connect to ``ip``, or None when it may.
+
+    Refused: private, loopback, link-local, unspecified, multicast and other addresses that are
+    not globally routable, and any address inside ``vpc_cidrs`` (VPC addresses are reached only
+    through authorizations), unless ``ip`` is inside ``allowed`` (``http_backend_allow``).
+    IPv4-mapped addresses are judged as IPv4; 6to4 and NAT64 (64:ff9b::/96) addresses are also
+    judged by the IPv4 address they carry, so no IPv6 spelling of a private address gets through.
+    The runtime calls this for every address a backend's name resolves to, before connecting.
+    """
+    allowed = tuple(allowed)
+    vpc_cidrs = tuple(vpc_cidrs)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if any(ip in net for net in allowed):
+        return None
+    reason = _not_public_reason(ip, vpc_cidrs)
+    inner = _embedded_ipv4(ip)
+    if reason is None and inner is not None and not any(inner in net for net in allowed):
+        inner_reason = _not_public_reason(inner, vpc_cidrs)
+        if inner_reason is not None:
+            reason = f"carries the IPv4 address {inner}, which {inner_reason}"
+    if reason is None:
+        return None
+    if "VPC" in reason:
+        return f"{ip} {reason}; reach VPC addresses with a vpc backend through an [[authorization]]"
+    return (
+        f"{ip} {reason}; http/https backends reach public addresses only (a lab may list the "
+        "range in gateway.http_backend_allow)"
+    )
+
+
+def _not_public_reason(ip: IPAddress, vpc_cidrs: tuple[IPNetwork, ...]) -> str | None:
+    inside = next((net for net in vpc_cidrs if ip in net), None)
+    if inside is not None:
+        return f"is inside VPC CIDR {inside}"
+    if ip.is_loopback:
+        return "is a loopback address"
+    if ip.is_link_local:
+        return "is a link-local address"
+    if ip.is_unspecified:
+        return "is the unspecified address"
+    if ip.is_multicast:
+        return "is a multicast address"
+    if any(ip in net for net in _PRIVATE):
+        return "is a private address"
+    if not ip.is_global:
+        return "is a special-purpose address, not globally routable"
+    return None
+
+
+def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None

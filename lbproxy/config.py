@@ -7,7 +7,7 @@ downstream parses strings again.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -17,7 +17,18 @@ HTTP_PARSERS = ("httptools", "h11")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE")
 SCHEDULERS = ("wrr", "least_conn")
 CHECK_TYPES = ("http", "tcp")
+BACKEND_TYPES = ("vpc", "http", "https")
+AUTH_MODES = ("anonymous", "app")
 StatusRange = tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class TlsListener:
+    """An HTTPS address of the API front, with its certificate chain and private key (PEM)."""
+
+    listen: HostPort
+    cert_file: str
+    key_file: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +47,24 @@ class GatewayConfig:
     max_body_size: int = 1024**3
     upstream_max_idle: int = 64
     upstream_idle_timeout: float = 60.0
+    # The admin API's bearer token, inline or the name of the environment variable holding it
+    # (read when the admin listener starts); at most one of the two is set.
+    admin_token: str | None = field(default=None, repr=False)
+    admin_token_env: str | None = None
+    # Absolute: a relative state_file is taken from the configuration file's directory.
+    state_file: str | None = None
+    # Regions whose VPCs the gateway may reach over a cross-region link.
+    peered_regions: tuple[str, ...] = ()
+    # The source address upstream connections are bound to (None: the kernel picks).
+    egress_source: IPAddress | None = None
+    # Source-IP lists of the API front; IPv4-mapped networks are stored as IPv4.
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    allow: tuple[IPNetwork, ...] = ()
+    deny: tuple[IPNetwork, ...] = ()
+    # Ranges that http/https backends may reach although private, loopback, link-local or in a
+    # VPC (labs and tests); see ``authz.public_address_problem``.
+    http_backend_allow: tuple[IPNetwork, ...] = ()
+    tls: tuple[TlsListener, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,10 +190,73 @@ class Authorization:
 
 
 @dataclass(frozen=True, slots=True)
+class BackendUrl:
+    """The base URL of an http/https backend. ``host`` is a DNS name or an IP literal (IPv6
+    without brackets); ``base_path`` is "" or a path without a trailing slash, put before the
+    request's path ("/v1" + "/items/1")."""
+
+    scheme: str
+    host: str
+    port: int
+    base_path: str = ""
+
+    @property
+    def ip(self) -> IPAddress | None:
+        """The host when it is an IP literal (IPv4-mapped ones as IPv4), else None."""
+        try:
+            ip = ipaddress.ip_address(self.host)
+        except ValueError:
+            return None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        return ip
+
+    @property
+    def authority(self) -> str:
+        """``host[:port]`` as a Host header carries it: the port only when not the default."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}{self.base_path or '/'}"
+
+
+@dataclass(frozen=True, slots=True)
 class Backend:
+    """Where an API's requests go. ``type = "vpc"``: through ``authorization``; ``"http"`` or
+    ``"https"``: to ``url`` directly (public addresses only), verifying an https server against
+    ``ca_file`` (or the system's CAs when None); ``authorization`` is then ""."""
+
     type: str
-    authorization: str
+    authorization: str = ""
     timeout: float = 10.0
+    url: BackendUrl | None = None
+    ca_file: str | None = None
+
+    def is_vpc(self) -> bool:
+        return self.type == "vpc"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """Requests allowed per second and/or per minute; at least one is set."""
+
+    per_second: int | None = None
+    per_minute: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class App:
+    """A caller of ``auth = "app"`` APIs, signing with ``key`` and ``secret``. ``secret`` is the
+    value itself, read from the variable ``secret_env`` at load time when that is set."""
+
+    name: str
+    key: str
+    secret: str = field(repr=False)
+    secret_env: str | None = None
+    rate_limit: RateLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +266,12 @@ class Api:
     path: str
     backend: Backend
     max_body_size: int | None = None
+    auth: str = "anonymous"
+    # Names of the apps granted this API (only with auth = "app").
+    apps: tuple[str, ...] = ()
+    allow: tuple[IPNetwork, ...] = ()
+    deny: tuple[IPNetwork, ...] = ()
+    rate_limit: RateLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +283,7 @@ class Config:
     load_balancers: tuple[LoadBalancer, ...] = ()
     authorizations: tuple[Authorization, ...] = ()
     apis: tuple[Api, ...] = ()
+    apps: tuple[App, ...] = ()
 
     def vpc(self, vpc_id: str) -> Vpc | None:
         return next((v for v in self.vpcs if v.id == vpc_id), None)
@@ -197,3 +296,13 @@ class Config:
 
     def authorization(self, name: str) -> Authorization | None:
         return next((a for a in self.authorizations if a.name == name), None)
+
+    def app(self, name: str) -> App | None:
+        return next((a for a in self.apps if a.name == name), None)
+
+    def app_by_key(self, key: str) -> App | None:
+        return next((a for a in self.apps if a.key == key), None)
+
+    def vpc_cidrs(self) -> tuple[IPNetwork, ...]:
+        """Every declared VPC's CIDRs: addresses an http/https backend may not reach."""
+        return tuple(net for vpc in self.vpcs for net in vpc.cidrs)

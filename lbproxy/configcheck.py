@@ -10,7 +10,8 @@ import ipaddress
 import re
 from collections.abc import Iterable
 
-from lbproxy.config import HTTP_METHODS, Api, Authorization, Config, LoadBalancer
+from lbproxy.config import HTTP_METHODS, Api, Authorization, Config, IPAddress, LoadBalancer
+from lbproxy.configaccess import check_access, egress_family_problems
 
 Problems = list[tuple[str, str]]
 
@@ -57,7 +58,7 @@ def check(config: Config) -> Problems:
                     "an authorization target must name exactly one thing",
                 )
             )
-    if not config.gateway.listen:
+    if not config.gateway.listen and not config.gateway.tls:
         problems.append(("gateway.listen", 'needs at least one address, e.g. ["127.0.0.1:8080"]'))
     problems += _check_instances(config)
     for i, lb in enumerate(config.load_balancers):
@@ -67,6 +68,7 @@ def check(config: Config) -> Problems:
     for i, api in enumerate(config.apis):
         problems += _check_api(config, f"api[{i}]", api)
     problems += _check_route_conflicts(config.apis)
+    problems += check_access(config)
     return problems
 
 
@@ -141,21 +143,56 @@ def _check_load_balancer(config: Config, key: str, lb: LoadBalancer) -> Problems
 def _check_authorization(config: Config, key: str, auth: Authorization) -> Problems:
     vpc = config.vpc(auth.vpc)
     if vpc is None:
-        return _check_vpc_ref(config, f"{key}.vpc", auth.vpc)
-    problems: Problems = []
+        problems = _check_vpc_ref(config, f"{key}.vpc", auth.vpc)
+        home = _target_vpc(config, auth.target)
+        if home is not None:
+            key_, message = problems[0]
+            problems[0] = (key_, f"{message}; target `{auth.target}` is in `{home}`")
+        return problems
+    problems = []
     region = config.gateway.region
-    if vpc.region != region:
+    if vpc.region != region and vpc.region not in config.gateway.peered_regions:
         problems.append(
             (
                 f"{key}.vpc",
-                f"vpc `{vpc.id}` is in region `{vpc.region}`, but the "
-                f"gateway is in `{region}`; authorize a VPC of `{region}`",
+                f"vpc `{vpc.id}` is in region `{vpc.region}`, but the gateway is in `{region}`; "
+                f"authorize a VPC of `{region}`, or add `{vpc.region}` to "
+                "gateway.peered_regions for a cross-region link",
             )
         )
     if auth.host is not None and not _HOST.match(auth.host):
         problems.append((f"{key}.host", f"{auth.host!r} is not a valid Host header value"))
-    problems += [(f"{key}.{k}", m) for k, m in _check_target(config, auth)]
+    target_problems = _check_target(config, auth)
+    problems += [(f"{key}.{k}", m) for k, m in target_problems]
+    if not target_problems:
+        for ip in _target_ips(config, auth):
+            problems += egress_family_problems(config, f"{key}.target", ip)
     return problems
+
+
+def _target_vpc(config: Config, target: str) -> str | None:
+    """The VPC of the instance or load balancer named ``target``, if there is one."""
+    inst = config.instance(target)
+    if inst is not None:
+        return inst.vpc
+    lb = config.load_balancer(target)
+    return lb.vpc if lb is not None else None
+
+
+def _target_ips(config: Config, auth: Authorization) -> list[IPAddress]:
+    """The addresses the gateway connects to for a (valid) authorization, each family once."""
+    inst = config.instance(auth.target)
+    lb = config.load_balancer(auth.target)
+    if inst is not None:
+        ips = [inst.ip]
+    elif lb is not None:
+        listener = lb.listener(auth.port)
+        servers = listener.servers if listener is not None else ()
+        found = (config.instance(s.instance) for s in servers)
+        ips = [i.ip for i in found if i is not None]
+    else:
+        ips = [ipaddress.ip_address(auth.target)]
+    return list({ip.version: ip for ip in ips}.values())
 
 
 def _check_target(config: Config, auth: Authorization) -> Problems:
@@ -194,11 +231,13 @@ def _check_lb_target(auth: Authorization, lb: LoadBalancer) -> Problems:
     if lb.vpc != auth.vpc:
         return [("target", f"load balancer `{lb.id}` is in `{lb.vpc}`, not `{auth.vpc}`")]
     if not lb.internal:
+        host = f"[{lb.ip}]" if lb.ip.version == 6 else str(lb.ip)
         return [
             (
                 "target",
-                f"load balancer `{lb.id}` is not internal; only internal load "
-                "balancers may be VPC targets",
+                f"load balancer `{lb.id}` is not internal; only internal load balancers may be "
+                "VPC targets; reach a public one with an HTTP/HTTPS-type backend: backend = "
+                f'{{ type = "http", url = "http://{host}:{auth.port}" }}',
             )
         ]
     if lb.listener(auth.port) is None:
@@ -225,7 +264,7 @@ def _check_api(config: Config, key: str, api: Api) -> Problems:
     if path_problem:
         problems.append((f"{key}.path", path_problem))
     name = api.backend.authorization
-    if config.authorization(name) is None:
+    if api.backend.is_vpc() and config.authorization(name) is None:
         declared = _names(a.name for a in config.authorizations)
         problems.append(
             (

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
+from collections.abc import Mapping
 from typing import Any
 
 from lbproxy import configcheck
@@ -25,29 +26,19 @@ from lbproxy.config import (
     PoolLimits,
     Vpc,
 )
+from lbproxy.configaccess import read_api_access, read_app, read_backend, read_gateway_access
 from lbproxy.configlb import read_load_balancer
-from lbproxy.configreader import Reader, parse
+from lbproxy.configreader import Reader, parse, parse_host_port
+
+__all__ = ["load_config", "parse_config", "parse_host_port"]
 from lbproxy.errors import ConfigError, ConfigProblem
-
-
-def parse_host_port(text: str) -> HostPort:
-    """``"127.0.0.1:8080"`` or ``"[::1]:8080"`` -> ``("127.0.0.1", 8080)``; raises ValueError."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise ValueError(text)
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    ipaddress.ip_address(host)
-    port = int(port_text)
-    if not 0 <= port <= 65535:
-        raise ValueError(text)
-    return host, port
 
 
 def _address(reader: Reader, name: str, text: str) -> HostPort | None:
     return parse(reader, name, text, parse_host_port, "an address like 127.0.0.1:8080")
 
 
-def _read_gateway(r: Reader) -> GatewayConfig | None:
+def _read_gateway(r: Reader, base_dir: str) -> GatewayConfig | None:
     region = r.string("region")
     listen_text = r.str_list("listen", ["127.0.0.1:8080"])
     listen = [_address(r, f"listen[{i}]", t) for i, t in enumerate(listen_text or [])]
@@ -59,6 +50,10 @@ def _read_gateway(r: Reader) -> GatewayConfig | None:
             "http_parser", f"{parser!r} is not a parser; use one of {', '.join(HTTP_PARSERS)}"
         )
     default = GatewayConfig(region="", listen=())
+    taken = {a: "an address in gateway.listen" for a in listen if a is not None}
+    if admin is not None:
+        taken[admin] = "the admin listener (gateway.admin_listen)"
+    access: dict[str, Any] = read_gateway_access(r, base_dir, taken)
     gw = GatewayConfig(
         region=region,
         listen=tuple(a for a in listen if a is not None),
@@ -72,6 +67,7 @@ def _read_gateway(r: Reader) -> GatewayConfig | None:
         max_body_size=r.integer("max_body_size", default.max_body_size, 0, 2**62),
         upstream_max_idle=r.integer("upstream_max_idle", default.upstream_max_idle, 0, 100_000),
         upstream_idle_timeout=r.seconds("upstream_idle_timeout", default.upstream_idle_timeout),
+        **access,
     )
     r.finish()
     return gw if isinstance(region, str) else None
@@ -143,49 +139,41 @@ def _ca_file_problem(path: str) -> str | None:
     return None
 
 
-def _read_api(r: Reader) -> Api:
+def _read_api(r: Reader, base_dir: str) -> Api:
     name, methods, path = r.string("name"), r.str_list("methods", ["GET"]), r.string("path")
     backend_reader = r.table("backend")
     if backend_reader is not None:
-        backend = _read_backend(backend_reader)
+        backend = read_backend(backend_reader, base_dir)
     else:
         if not r.has("backend"):
             r.problem("backend", 'missing; add backend = { type = "vpc", authorization = "..." }')
         backend = Backend(type="vpc", authorization="")
     body = r.integer("max_body_size", None, 0, 2**62)
+    access: dict[str, Any] = read_api_access(r)
     r.finish()
     methods = tuple(m.upper() for m in methods) if methods else ()
-    return Api(name=name, methods=methods, path=path, backend=backend, max_body_size=body)
+    return Api(name=name, methods=methods, path=path, backend=backend, max_body_size=body, **access)
 
 
-def _read_backend(r: Reader) -> Backend:
-    kind = r.string("type", "vpc")
-    if kind != "vpc":
-        r.problem(
-            "type",
-            f'{kind!r} backends are not available in this version; use type = "vpc" with an '
-            "[[authorization]] for the target",
-        )
-    backend = Backend(
-        type=kind, authorization=r.string("authorization"), timeout=r.seconds("timeout", 10.0)
-    )
-    r.finish()
-    return backend
+def parse_config(
+    data: dict[str, Any], file: str, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Build a ``Config`` from parsed TOML; raise ``ConfigError`` naming every problem.
 
-
-def parse_config(data: dict[str, Any], file: str) -> Config:
-    """Build a ``Config`` from parsed TOML; raise ``ConfigError`` naming every problem."""
+    ``environ`` (``os.environ`` when None) is where ``secret_env`` variables are read; paths
+    are relative to ``file``'s directory."""
     problems: list[tuple[str, str]] = []
     root = Reader(data, "", problems)
+    base_dir = os.path.dirname(file)
     gw_reader = root.table("gateway")
-    gateway = _read_gateway(gw_reader) if gw_reader else None
+    gateway = _read_gateway(gw_reader, base_dir) if gw_reader else None
     if gw_reader is None and not root.has("gateway"):
         problems.append(("gateway", 'missing; add a [gateway] table with region = "..."'))
     gateway = gateway or GatewayConfig(region="", listen=())
     pool = PoolLimits(
         max_idle=gateway.upstream_max_idle, idle_timeout=gateway.upstream_idle_timeout
     )
-    base_dir = os.path.dirname(file)
+    env = os.environ if environ is None else environ
     config = Config(
         file=file,
         gateway=gateway,
@@ -195,7 +183,8 @@ def parse_config(data: dict[str, Any], file: str) -> Config:
         authorizations=tuple(
             _read_authorization(t, base_dir) for t in root.tables("authorization")
         ),
-        apis=tuple(_read_api(t) for t in root.tables("api")),
+        apis=tuple(_read_api(t, base_dir) for t in root.tables("api")),
+        apps=tuple(read_app(t, env) for t in root.tables("app")),
     )
     root.finish()
     if not problems:

@@ -9,10 +9,11 @@ import ipaddress
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from lbproxy.config import IPAddress
+from lbproxy.config import HostPort, IPAddress, IPNetwork
 
 T = TypeVar("T")
 MISSING: Any = object()
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 class Reader:
@@ -103,6 +104,23 @@ class Reader:
             return None
         return parse(self, name, text, ipaddress.ip_address, "an IP address")
 
+    def networks(self, name: str) -> tuple[IPNetwork, ...]:
+        """A list of CIDRs; a bare address is a /32 (or /128), IPv4-mapped ones become IPv4."""
+        texts = self.str_list(name, [])
+        nets = []
+        for i, text in enumerate(texts or []):
+            what = "a CIDR like 10.0.0.0/16 or an address like 10.0.0.5"
+            net = parse(self, f"{name}[{i}]", text, network, what)
+            if net is not None:
+                nets.append(net)
+        return tuple(nets)
+
+    def refuse(self, name: str, message: str) -> None:
+        """A key that is known but does not belong here: a problem if it is present."""
+        self._seen.add(name)
+        if name in self._data:
+            self.problem(name, message)
+
     def has(self, name: str) -> bool:
         return name in self._data
 
@@ -143,3 +161,34 @@ def parse(reader: Reader, name: str, text: str, convert: Callable[[str], T], wha
     except ValueError:
         reader.problem(name, f"{text!r} is not {what}")
         return None
+
+
+def network(text: str) -> IPNetwork:
+    """``"10.0.0.0/8"``, ``"10.0.0.5"`` (a /32) or ``"::ffff:10.0.0.0/104"`` (as 10.0.0.0/8);
+    host bits set are a mistake (ValueError), as in a VPC's CIDRs."""
+    net = ipaddress.ip_network(text, strict=True)
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and net.subnet_of(_MAPPED):
+        mapped = ipaddress.IPv6Address(net.network_address).ipv4_mapped
+        assert mapped is not None  # inside ::ffff:0:0/96
+        return ipaddress.IPv4Network((mapped, net.prefixlen - 96))
+    return net
+
+
+def normalise_address(ip: IPAddress) -> IPAddress:
+    """The IPv4 address inside an IPv4-mapped IPv6 address; any other address unchanged."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def parse_host_port(text: str) -> HostPort:
+    """``"127.0.0.1:8080"`` or ``"[::1]:8080"`` -> ``("127.0.0.1", 8080)``; raises ValueError."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(text)
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    ipaddress.ip_address(host)
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(text)
+    return host, port

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import lbproxy
-from lbproxy.authz import Endpoint, Reach, build_reachability, format_table
+from lbproxy.authz import Endpoint, Reach, build_reachability, format_egress, format_table
 from lbproxy.config import Config
 from lbproxy.configload import parse_config
 
@@ -123,7 +123,7 @@ def test_format_table_shows_every_endpoint() -> None:
     text = format_table(config, build_reachability(config))
     for endpoint in ("127.0.0.11:9001", "127.0.0.12:9001", "127.0.0.13:9001"):
         assert endpoint in text
-    header, row, listener = text.splitlines()
+    header, row, listener, egress = text.splitlines()
     assert header.split() == ["API", "METHODS", "PATH", "AUTHORIZATION", "TARGET", "REACHES"]
     assert row.split(maxsplit=4) == [
         "items",
@@ -136,3 +136,4 @@ def test_format_table_shows_every_endpoint() -> None:
         "load balancer listener lb-web:8081 -> 127.0.0.11:9001 (w3, i-web-1), "
         "127.0.0.12:9001 (w2, i-web-2), 127.0.0.13:9001 (w1, i-web-3)"
     )
+    assert egress == format_egress(config)

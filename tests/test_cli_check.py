@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_config import GATEWAY_KEYS
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = "examples/demo.toml"
 BAD_PORT = "authorization[0].port: port 81 is not a listener of `lb-web`, which listens on 8081"
@@ -54,7 +56,11 @@ def test_check_prints_the_reachability_table() -> None:
         "load balancer listener lb-web:8081 -> 127.0.0.11:9001 (w3, i-web-1), "
         "127.0.0.12:9001 (w2, i-web-2), 127.0.0.13:9001 (w1, i-web-3)"
     )
-    assert len(lines) == 4
+    assert lines[4] == (
+        "backends see connections from the gateway host's address toward each backend "
+        "(no egress_source set)"
+    )
+    assert len(lines) == 5
 
 
 @pytest.mark.parametrize("command", ["check", "run"])
@@ -77,10 +83,7 @@ def test_several_problems_are_all_reported(tmp_path: Path) -> None:
     result = lbproxy("check", "-c", str(path))
     assert result.returncode == 78
     assert result.stderr.splitlines() == [
-        f"{path}: gateway.workers: unknown key; known keys here: admin_listen, "
-        "client_header_timeout, connect_timeout, http_parser, keepalive_timeout, listen, "
-        "max_body_size, max_header_size, region, upstream_idle_timeout, upstream_max_idle, "
-        "upstream_timeout",
+        f"{path}: gateway.workers: unknown key; known keys here: {GATEWAY_KEYS}",
         f"{path}: authorization[0].port: expected an integer, got a string ('8081')",
         "2 problem(s) found; nothing was started.",
     ]

@@ -31,13 +31,15 @@ Edit = Callable[[Data], None]
 
 HINT = "use /exact, /prefix/* or /items/{id}"
 METHODS = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE or ANY"
-ROOT_KEYS = "api, authorization, gateway, instance, load_balancer, vpc"
+ROOT_KEYS = "api, app, authorization, gateway, instance, load_balancer, vpc"
 GATEWAY_KEYS = (
-    "admin_listen, client_header_timeout, connect_timeout, http_parser, keepalive_timeout, "
-    "listen, max_body_size, max_header_size, region, upstream_idle_timeout, upstream_max_idle, "
-    "upstream_timeout"
+    "admin_listen, admin_token, admin_token_env, allow, client_header_timeout, connect_timeout, "
+    "deny, egress_source, http_backend_allow, http_parser, keepalive_timeout, listen, "
+    "max_body_size, max_header_size, peered_regions, region, state_file, tls, "
+    "trusted_proxies, upstream_idle_timeout, upstream_max_idle, upstream_timeout"
 )
 LISTENER_KEYS = "health_check, passive, pool, port, retry, scheduler, servers, slow_start"
+PEER_SHANGHAI = "or add `cn-shanghai` to gateway.peered_regions for a cross-region link"
 WEB_TARGETS = "`i-web-1`, `i-web-2`, `i-web-3`, `lb-web`"
 
 VPC_B = {"id": "vpc-b", "region": "cn-hangzhou", "cidrs": ["10.1.0.0/16"]}
@@ -314,7 +316,7 @@ BAD_VALUES = [
         [
             (
                 "api[0].backend.timeout_s",
-                "unknown key; known keys here: authorization, timeout, type",
+                "unknown key; known keys here: authorization, ca_file, timeout, type, url",
             )
         ],
         id="unknown-backend-key",
@@ -547,12 +549,13 @@ BAD_VALUES = [
         (put("api[0].backend.type", "http"),),
         [
             (
-                "api[0].backend.type",
-                "'http' backends are not available in this version; use type = \"vpc\" with an "
-                "[[authorization]] for the target",
-            )
+                "api[0].backend.authorization",
+                "an http backend connects to its url without an authorization; remove "
+                'authorization, or use type = "vpc"',
+            ),
+            ("api[0].backend.url", 'missing; add url = "http://api.example.com/v1"'),
         ],
-        id="backend-type-not-vpc",
+        id="http-backend-with-an-authorization",
     ),
     # every problem at once, in file order
     pytest.param(
@@ -716,7 +719,8 @@ BAD_REFERENCES = [
         [
             (
                 "authorization[0].vpc",
-                "vpc `vpc-x` does not exist; declared VPCs: `vpc-b`, `vpc-demo`",
+                "vpc `vpc-x` does not exist; declared VPCs: `vpc-b`, `vpc-demo`; target `lb-web` "
+                "is in `vpc-demo`",
             )
         ],
         id="authorization-to-missing-vpc",
@@ -727,7 +731,7 @@ BAD_REFERENCES = [
             (
                 "authorization[0].vpc",
                 "vpc `vpc-demo` is in region `cn-shanghai`, but the gateway is in `cn-hangzhou`; "
-                "authorize a VPC of `cn-hangzhou`",
+                f"authorize a VPC of `cn-hangzhou`, {PEER_SHANGHAI}",
             )
         ],
         id="vpc-in-another-region",
@@ -742,7 +746,7 @@ BAD_REFERENCES = [
             (
                 "authorization[0].vpc",
                 "vpc `vpc-sh` is in region `cn-shanghai`, but the gateway is in `cn-hangzhou`; "
-                "authorize a VPC of `cn-hangzhou`",
+                f"authorize a VPC of `cn-hangzhou`, {PEER_SHANGHAI}",
             )
         ],
         id="second-vpc-in-another-region",
@@ -784,7 +788,8 @@ BAD_REFERENCES = [
             (
                 "authorization[0].target",
                 "load balancer `lb-web` is not internal; only internal load balancers may be VPC "
-                "targets",
+                "targets; reach a public one with an HTTP/HTTPS-type backend: backend = "
+                '{ type = "http", url = "http://127.0.0.10:8081" }',
             )
         ],
         id="target-lb-not-internal",
@@ -900,7 +905,7 @@ BAD_REFERENCES = [
             (
                 "authorization[0].vpc",
                 "vpc `vpc-sh` is in region `cn-shanghai`, but the gateway is in `cn-hangzhou`; "
-                "authorize a VPC of `cn-hangzhou`",
+                f"authorize a VPC of `cn-hangzhou`, {PEER_SHANGHAI}",
             ),
             ("authorization[0].target", "load balancer `lb-web` is in `vpc-demo`, not `vpc-sh`"),
             (

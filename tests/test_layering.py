@@ -11,9 +11,11 @@ import pytest
 
 PACKAGE = Path(__file__).parent.parent / "lbproxy"
 PURE = {
+    "acl",
     "authz",
     "balancer",
     "config",
+    "configaccess",
     "configcheck",
     "configlb",
     "configload",
@@ -24,6 +26,7 @@ PURE = {
     "retry",
     "router",
     "signing",
+    "throttle",
 }
 FOUNDATIONS = {"config", "errors"}
 IO_MODULES = {"asyncio", "socket", "ssl", "selectors", "uvloop", "httptools", "h11"}
