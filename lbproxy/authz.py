@@ -204,26 +204,33 @@ def public_address_problem(
         ip = ip.ipv4_mapped
     if any(ip in net for net in allowed):
         return None
-    reason = _not_public_reason(ip, vpc_cidrs)
+    inside = _vpc_cidr_of(ip, vpc_cidrs)
     inner = _embedded_ipv4(ip)
+    if inside is None and inner is not None and not any(inner in net for net in allowed):
+        inside = _vpc_cidr_of(inner, vpc_cidrs)
+    if inside is not None:
+        return (
+            f"{ip} is inside VPC CIDR {inside}; reach VPC addresses with a vpc backend through "
+            "an [[authorization]]"
+        )
+    reason = _not_public_reason(ip)
     if reason is None and inner is not None and not any(inner in net for net in allowed):
-        inner_reason = _not_public_reason(inner, vpc_cidrs)
+        inner_reason = _not_public_reason(inner)
         if inner_reason is not None:
             reason = f"carries the IPv4 address {inner}, which {inner_reason}"
     if reason is None:
         return None
-    if "VPC" in reason:
-        return f"{ip} {reason}; reach VPC addresses with a vpc backend through an [[authorization]]"
     return (
         f"{ip} {reason}; http/https backends reach public addresses only (a lab may list the "
         "range in gateway.http_backend_allow)"
     )
 
 
-def _not_public_reason(ip: IPAddress, vpc_cidrs: tuple[IPNetwork, ...]) -> str | None:
-    inside = next((net for net in vpc_cidrs if ip in net), None)
-    if inside is not None:
-        return f"is inside VPC CIDR {inside}"
+def _vpc_cidr_of(ip: IPAddress, vpc_cidrs: tuple[IPNetwork, ...]) -> IPNetwork | None:
+    return next((net for net in vpc_cidrs if ip in net), None)
+
+
+def _not_public_reason(ip: IPAddress) -> str | None:
     if ip.is_loopback:
         return "is a loopback address"
     if ip.is_link_local:

@@ -128,7 +128,7 @@ def _read_egress_source(r: Reader) -> IPAddress | None:
         what = "the unspecified address, which leaves the choice to the kernel"
     elif ip.is_multicast:
         what = "a multicast address, which cannot open a connection"
-    elif ip == ipaddress.IPv4Address("255.255.255.255") or ip.is_reserved:
+    elif ip.version == 4 and ip.is_reserved:  # 240.0.0.0/4 and the broadcast address
         what = "a reserved address, which no host has"
     if what is not None:
         r.problem(
@@ -258,7 +258,12 @@ def read_backend(r: Reader, base_dir: str) -> Backend:
     if isinstance(kind, str) and kind not in BACKEND_TYPES:
         r.problem("type", f"{kind!r} is not a backend type; use one of {', '.join(BACKEND_TYPES)}")
     timeout = r.seconds("timeout", 10.0)
-    if kind == "vpc":
+    if kind not in BACKEND_TYPES:
+        # The type is the mistake; what the other keys should be depends on the fix.
+        for name in ("authorization", "url", "ca_file"):
+            r.value(name, None, object, "any value")
+        backend = Backend(type=kind, timeout=timeout)
+    elif kind == "vpc":
         backend = Backend(type=kind, authorization=r.string("authorization"), timeout=timeout)
         r.refuse(
             "url",

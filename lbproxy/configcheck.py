@@ -192,7 +192,10 @@ def _target_ips(config: Config, auth: Authorization) -> list[IPAddress]:
         ips = [i.ip for i in found if i is not None]
     else:
         ips = [ipaddress.ip_address(auth.target)]
-    return list({ip.version: ip for ip in ips}.values())
+    first: dict[int, IPAddress] = {}
+    for ip in ips:
+        first.setdefault(ip.version, ip)
+    return list(first.values())
 
 
 def _check_target(config: Config, auth: Authorization) -> Problems:
