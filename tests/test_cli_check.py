@@ -126,3 +126,28 @@ def test_usage_error_exits_2(args: tuple[str, ...]) -> None:
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.startswith("usage: lbproxy")
+
+
+def test_check_prints_the_egress_source_and_http_backends() -> None:
+    result = lbproxy("check", "-c", "examples/access.toml")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    status = ["status", "GET", "/status", "-", "url", "http://127.0.0.100:9100/v1"]
+    assert lines[4].split() == [*status, "127.0.0.100:9100"]
+    assert lines[-1] == (
+        "backends see connections from 127.0.0.1 (gateway.egress_source); allow it in their "
+        "security groups"
+    )
+
+
+def test_check_refuses_an_http_backend_with_a_private_address(tmp_path: Path) -> None:
+    text = (ROOT / "examples" / "access.toml").read_text(encoding="utf-8")
+    path = tmp_path / "private.toml"
+    path.write_text(text.replace("http://127.0.0.100:9100/v1", "http://10.0.0.7"), "utf-8")
+    result = lbproxy("check", "-c", str(path))
+    assert result.returncode == 78
+    assert result.stderr.splitlines() == [
+        f"{path}: api[2].backend.url: 10.0.0.7 is a private address; http/https backends reach "
+        "public addresses only (a lab may list the range in gateway.http_backend_allow)",
+        "1 problem(s) found; nothing was started.",
+    ]
