@@ -25,6 +25,7 @@ from lbproxy.demo import demo_config_text, start_demo_backends
 from lbproxy.errors import ConfigError, StartupError
 from lbproxy.server import Runtime
 from lbproxy.signing import sign
+from lbproxy.state import Document, load_with_state
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -124,8 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return _check(args.config)
         if args.command == "run":
-            config = load_config(args.config)
-            return _serve(lambda: _run(config))
+            # The state file's authorizations (admin API changes) replace the file's.
+            config, document = load_with_state(args.config)
+            return _serve(lambda: _run(config, document))
         return _demo(args.config, args.listen)
     except ConfigError as exc:
         for problem in exc.problems:
@@ -198,8 +200,8 @@ async def _until_signalled() -> None:
         loop.remove_signal_handler(sig)
 
 
-async def _run(config: Config) -> None:
-    runtime = Runtime(config)
+async def _run(config: Config, document: Document) -> None:
+    runtime = Runtime(config, document)
     await runtime.start()
     log.info(
         "lbproxy %s serving %d API(s); Ctrl-C or SIGTERM to stop", __version__, len(config.apis)

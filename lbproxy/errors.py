@@ -42,6 +42,8 @@ class HTTPError(LBProxyError):
 
     status = 500
     reason = "internal_error"
+    # Extra response headers (name, value), e.g. Retry-After or X-Ca-Error-Message.
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
     def __init__(self, detail: str = "") -> None:
         self.detail = detail

@@ -371,6 +371,7 @@ _STATUS_LINES = {
         408: b"Request Timeout",
         413: b"Content Too Large",
         417: b"Expectation Failed",
+        429: b"Too Many Requests",
         431: b"Request Header Fields Too Large",
         500: b"Internal Server Error",
         501: b"Not Implemented",

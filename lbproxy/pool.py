@@ -14,8 +14,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-from lbproxy.authz import Endpoint, Reach
-from lbproxy.config import PoolLimits
+from lbproxy.authz import Endpoint, Reach, public_address_problem
+from lbproxy.config import IPAddress, IPNetwork, PoolLimits
 from lbproxy.errors import UpstreamNotAuthorized
 
 
@@ -27,6 +27,19 @@ class UpstreamTLS:
 
     context: ssl.SSLContext
     server_hostname: str | None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PublicOnly:
+    """The gate of an http/https backend, whose name is resolved at connect time: every address
+    it resolves to is judged (``authz.public_address_problem``) before a connect, so DNS can
+    never lead the gateway into a private network."""
+
+    vpc_cidrs: tuple[IPNetwork, ...]
+    allowed: tuple[IPNetwork, ...]
+
+    def problem(self, ip: IPAddress) -> str | None:
+        return public_address_problem(ip, self.vpc_cidrs, self.allowed)
 
 
 class PooledConnection(Protocol):

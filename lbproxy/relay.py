@@ -53,7 +53,7 @@ _RESEND_LIMIT = 64 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _VIA = b"1.1 lbproxy"
 _ADDED_HEADERS = (
-    b"X-Forwarded-Proto: http\r\nVia: %b\r\nX-Forwarded-For: %b\r\nX-Forwarded-Host: %b\r\n"
+    b"X-Forwarded-Proto: %b\r\nVia: %b\r\nX-Forwarded-For: %b\r\nX-Forwarded-Host: %b\r\n"
     b"X-Request-Id: %b\r\n"
 )
 # Where the next request head is: none of it yet, begun, begun in an earlier read (timed).
@@ -260,7 +260,13 @@ class ClientConnection(UpstreamTries, asyncio.Protocol):
         try:
             if ctx.draining:
                 raise ShuttingDown("the gateway is shutting down; retry")
+            guard = ctx.guard
+            # Source lists first: a denied client learns nothing, not even which paths exist.
+            client = guard.admit(self._client_ip.decode(), head) if guard is not None else None
             route = ctx.resolve(head.method, request_path(head.target))
+            if route.guard is not None:
+                client = client or self._client_ip.decode()
+                route.guard.admit(client, head, ctx.loop.time())
             limit = route.max_body
             if head.content_length > limit:
                 raise PayloadTooLarge(f"body of {head.content_length} bytes exceeds {limit}")
@@ -282,7 +288,9 @@ class ClientConnection(UpstreamTries, asyncio.Protocol):
             else (head.forwarded_for + b", " + self._client_ip)
         )
         via = _VIA if head.via is None else head.via + b", " + _VIA
-        added = _ADDED_HEADERS % (via, xff, head.host or b"", request_id)
+        added = _ADDED_HEADERS % (ctx.forwarded_proto, via, xff, head.host or b"", request_id)
+        if route.base_path:
+            head.target = route.base_path + head.target
         data = framing.request_head_bytes(head, route.host, added)
         group.budget.requests += 1
         self._group = group

@@ -49,6 +49,7 @@ def error_response(error: HTTPError, request_id: bytes | None, keep_alive: bool)
         lines.append(b"Retry-After: 1\r\n")
     if isinstance(error, MethodNotAllowed):
         lines.append(b"Allow: %b\r\n" % ", ".join(error.allowed).encode())
+    lines.extend(b"%b: %b\r\n" % header for header in error.headers)
     if request_id:
         lines.append(b"X-Request-Id: %b\r\n" % request_id)
     if not keep_alive:

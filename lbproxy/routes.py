@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 
 from lbproxy.authz import Endpoint, Reach, ReachabilityTable, build_reachability, listener_key
 from lbproxy.balancer import make_scheduler
-from lbproxy.config import Authorization, Config, GatewayConfig, Listener, ServerRef
+from lbproxy.config import Api, Authorization, Config, GatewayConfig, Listener, ServerRef
+from lbproxy.guard import Guard, ListenerGuard, build_guards
 from lbproxy.health import Event, HealthBoard, Transition
 from lbproxy.hosts import Availability, Host, HostTable
-from lbproxy.pool import PoolSet, UpstreamTLS
+from lbproxy.pool import PoolSet, PublicOnly, UpstreamTLS
 from lbproxy.retry import RetryBudget
 from lbproxy.router import Router
 
@@ -97,6 +98,38 @@ def _tls(auth: Authorization, made: dict[str, UpstreamTLS | None]) -> UpstreamTL
     return tls
 
 
+def _http_route(
+    api: Api, max_body: int, public_only: PublicOnly, guard: Guard | None, source: str | None
+) -> Route:
+    """The route of an http/https backend: one server named by its URL's host, resolved and
+    judged at each connect (never a private address unless ``http_backend_allow`` says so)."""
+    backend = api.backend
+    url = backend.url
+    assert url is not None  # a checked config has one for every http/https backend
+    scope = f"api {api.name} backend {url}"
+    endpoint = Endpoint(url.host, url.port, 1, url.host)
+    reach = Reach(scope, str(url), url.authority, (endpoint,), frozenset({(url.host, url.port)}))
+    tls = None
+    if backend.type == "https":
+        context = ssl.create_default_context(cafile=backend.ca_file)
+        tls = UpstreamTLS(context, url.host)
+    group = ServerGroup(scope, (endpoint,), _single_server(endpoint))
+    group.adopt(reach, tls)
+    return Route.build(
+        api.name,
+        reach,
+        group,
+        host=url.authority.encode(),
+        timeout=backend.timeout,
+        max_body=max_body,
+        tls=tls,
+        guard=guard,
+        base_path=url.base_path.encode(),
+        public_only=public_only,
+        source=source,
+    )
+
+
 def _single_server(endpoint: Endpoint) -> Listener:
     """The implicit listener of an authorization that names one instance or IP."""
     return Listener(endpoint.port, (ServerRef(endpoint.name, endpoint.port),))
@@ -114,6 +147,12 @@ class Route:
     # retry.try_timeout.
     try_timeout: float = 0.0
     tls: UpstreamTLS | None = None
+    guard: Guard | None = None  # the API's source lists, signatures and limits, if any
+    # http/https backends: the URL's base path, put before the request's, and the gate that
+    # judges every address the backend's name resolves to at connect time.
+    base_path: bytes = b""
+    public_only: PublicOnly | None = None
+    source: str | None = None  # egress_source: the local address upstream connects bind to
 
     @classmethod
     def build(
@@ -126,10 +165,27 @@ class Route:
         timeout: float,
         max_body: int,
         tls: UpstreamTLS | None = None,
+        guard: Guard | None = None,
+        base_path: bytes = b"",
+        public_only: PublicOnly | None = None,
+        source: str | None = None,
     ) -> Route:
         per_try = group.listener.retry.try_timeout
         try_timeout = timeout if per_try is None else min(timeout, per_try)
-        return cls(name, reach, group, host, timeout, max_body, try_timeout, tls)
+        return cls(
+            name,
+            reach,
+            group,
+            host,
+            timeout,
+            max_body,
+            try_timeout,
+            tls,
+            guard,
+            base_path,
+            public_only,
+            source,
+        )
 
 
 @dataclass(slots=True)
@@ -142,6 +198,9 @@ class RelayContext:
     pools: PoolSet
     resolve: Callable[[bytes, bytes], Route]
     connections: set[ClientConnection] = field(default_factory=set)
+    # The gateway's source lists and trusted proxies (None: none, and no check per request).
+    guard: ListenerGuard | None = None
+    forwarded_proto: bytes = b"http"  # https on TLS listeners
     # Set when the runtime stops: answered exchanges end their connection, new requests get 503.
     draining: bool = False
 
@@ -152,6 +211,7 @@ class RouteTable:
     api_router: Router[Route]
     listener_routes: dict[str, Route]
     groups: dict[str, ServerGroup]
+    guard: ListenerGuard | None = None
 
 
 def build_routes(config: Config, previous: RouteTable | None = None) -> RouteTable:
@@ -188,7 +248,16 @@ def build_routes(config: Config, previous: RouteTable | None = None) -> RouteTab
         )
     api_routes = []
     tls_for: dict[str, UpstreamTLS | None] = {}
+    listener_guard, guards = build_guards(config)
+    source = str(gw.egress_source) if gw.egress_source is not None else None
+    public_only = PublicOnly(config.vpc_cidrs(), gw.http_backend_allow)
     for api in config.apis:
+        body = gw.max_body_size if api.max_body_size is None else api.max_body_size
+        if not api.backend.is_vpc():
+            route = _http_route(api, body, public_only, guards.get(api.name), source)
+            groups[route.group.name] = route.group
+            api_routes.append((api.methods, api.path, route))
+            continue
         reach = table.by_authorization[api.backend.authorization]
         if reach.balanced_by is not None:
             group = groups[reach.balanced_by]
@@ -199,7 +268,6 @@ def build_routes(config: Config, previous: RouteTable | None = None) -> RouteTab
             )
             groups[reach.scope] = group
         host = reach.host.encode() if reach.host else None
-        body = gw.max_body_size if api.max_body_size is None else api.max_body_size
         auth = config.authorization(api.backend.authorization)
         tls = None if auth is None else tls_for.get(auth.name) or _tls(auth, tls_for)
         group.adopt(reach, tls)
@@ -211,6 +279,8 @@ def build_routes(config: Config, previous: RouteTable | None = None) -> RouteTab
             timeout=api.backend.timeout,
             max_body=body,
             tls=tls,
+            guard=guards.get(api.name),
+            source=source,
         )
         api_routes.append((api.methods, api.path, route))
-    return RouteTable(table, Router(api_routes), listener_routes, groups)
+    return RouteTable(table, Router(api_routes), listener_routes, groups, listener_guard)

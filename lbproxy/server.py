@@ -8,13 +8,14 @@ import asyncio
 import errno
 import logging
 import os
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from lbproxy.admin import AdminServer, AuthorizationsAPI
 from lbproxy.authz import listener_key
 from lbproxy.checker import HealthChecker
-from lbproxy.config import Config, GatewayConfig, HostPort
+from lbproxy.config import Config, GatewayConfig, HostPort, TlsListener
 from lbproxy.errors import StartupError
 from lbproxy.pool import PoolSet
 from lbproxy.relay import ClientConnection
@@ -28,11 +29,22 @@ _SWEEP_INTERVAL = 5.0
 
 def admin_token(gateway: GatewayConfig) -> str | None:
     """The admin API's bearer token: ``admin_token``, or the variable ``admin_token_env``."""
-    token: str | None = getattr(gateway, "admin_token", None)
-    env: str | None = getattr(gateway, "admin_token_env", None)
-    if token is None and env:
-        token = os.environ.get(env) or None
+    token = gateway.admin_token
+    if token is None and gateway.admin_token_env:
+        token = os.environ.get(gateway.admin_token_env) or None
     return token
+
+
+def _server_tls(entry: TlsListener) -> ssl.SSLContext:
+    """A listener's TLS: its certificate and key, TLS 1.2 and newer."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(entry.cert_file, entry.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        where = f"{entry.listen[0]}:{entry.listen[1]}"
+        raise StartupError(f"cannot load the certificate for {where}: {exc}") from exc
+    return context
 
 
 def _bind_error(address: HostPort, exc: OSError) -> StartupError:
@@ -63,7 +75,7 @@ class Runtime:
         self._sweeper: asyncio.TimerHandle | None = None
         self.checkers: list[_Checked] = []
         self._stopping: set[asyncio.Task[None]] = set()
-        self._api_ctx: RelayContext | None = None
+        self._api_contexts: list[RelayContext] = []
         self.addresses: list[HostPort] = []
 
     def __repr__(self) -> str:
@@ -82,8 +94,9 @@ class Runtime:
         routes = build_routes(config, previous=self.routes)
         self.config = config
         self.routes = routes
-        if self._api_ctx is not None:
-            self._api_ctx.resolve = routes.api_router.match
+        for ctx in self._api_contexts:
+            ctx.resolve = routes.api_router.match
+            ctx.guard = routes.guard
         loop = asyncio.get_running_loop()
         live = {id(g) for g in routes.groups.values()}
         for checker in [c for c in self.checkers if id(c.group) not in live]:
@@ -95,10 +108,20 @@ class Runtime:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        api_ctx = self._api_ctx = self._context(loop, self.routes.api_router.match)
+        api_ctx = self._context(loop, self.routes.api_router.match)
+        api_ctx.guard = self.routes.guard
+        self._api_contexts.append(api_ctx)
         try:
             for address in self.config.gateway.listen:
                 await self._listen(loop, api_ctx, address)
+            if self.config.gateway.tls:
+                tls_ctx = self._context(loop, self.routes.api_router.match)
+                tls_ctx.guard = self.routes.guard
+                tls_ctx.forwarded_proto = b"https"
+                self._api_contexts.append(tls_ctx)
+                for entry in self.config.gateway.tls:
+                    context = _server_tls(entry)
+                    await self._listen(loop, tls_ctx, entry.listen, context)
             for lb in self.config.load_balancers:
                 for listener in lb.listeners:
                     route = self.routes.listener_routes[listener_key(lb, listener)]
@@ -144,7 +167,11 @@ class Runtime:
             self.checkers.append(_Checked(group, checker))
 
     async def _listen(
-        self, loop: asyncio.AbstractEventLoop, ctx: RelayContext, address: HostPort
+        self,
+        loop: asyncio.AbstractEventLoop,
+        ctx: RelayContext,
+        address: HostPort,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         try:
             server = await loop.create_server(
@@ -153,6 +180,7 @@ class Runtime:
                 address[1],
                 reuse_address=True,
                 backlog=1024,
+                ssl=tls,
             )
         except OSError as exc:
             raise _bind_error(address, exc) from exc

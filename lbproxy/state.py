@@ -42,7 +42,7 @@ def read_document(path: str) -> Document:
 
 def state_path(config: Config) -> str | None:
     """Where the state file is: ``state_file`` relative to the configuration file's directory."""
-    state_file: str | None = getattr(config.gateway, "state_file", None)
+    state_file = config.gateway.state_file
     if not state_file:
         return None
     return os.path.join(os.path.dirname(os.path.abspath(config.file)), state_file)

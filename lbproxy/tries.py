@@ -119,6 +119,8 @@ class UpstreamTries:
                 ctx.gateway.connect_timeout,
                 tls=route.tls,
                 limits=route.group.listener.pool,
+                public_only=route.public_only,
+                source=route.source,
             )
         except HTTPError as exc:
             self._connect_task = None

@@ -9,7 +9,9 @@ reused in a state where a response could be attributed to the wrong request.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
 from typing import TYPE_CHECKING, Protocol
 
 from lbproxy.authz import Endpoint, Reach
@@ -20,9 +22,10 @@ from lbproxy.errors import (
     ServiceUnavailable,
     UpstreamClosed,
     UpstreamConnectFailed,
+    UpstreamNotAuthorized,
 )
 from lbproxy.http import ResponseSink, response_parser
-from lbproxy.pool import PoolSet, ServerPool, UpstreamTLS, check_gate
+from lbproxy.pool import PoolSet, PublicOnly, ServerPool, UpstreamTLS, check_gate
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -276,6 +279,8 @@ async def open_connection(
     *,
     tls: UpstreamTLS | None = None,
     limits: PoolLimits | None = None,
+    public_only: PublicOnly | None = None,
+    source: str | None = None,
 ) -> UpstreamConnection:
     """A new connection to ``endpoint`` (or, when the server's pool is at max_connections, the
     first one released while this request queued). The gate is asked first, whoever asks;
@@ -288,21 +293,30 @@ async def open_connection(
         if handed is not None:
             return handed
     factory: Callable[[], UpstreamConnection] = lambda: UpstreamConnection(pool, engine, loop)  # noqa: E731
+    local = None if source is None else (source, 0)
     try:
         async with asyncio.timeout(timeout):
+            address = endpoint.ip
+            if public_only is not None:
+                address = await _public_address(loop, endpoint, public_only)
             if tls is None:
-                _, conn = await loop.create_connection(factory, endpoint.ip, endpoint.port)
+                _, conn = await loop.create_connection(
+                    factory, address, endpoint.port, local_addr=local
+                )
             else:
                 _, conn = await loop.create_connection(
                     factory,
-                    endpoint.ip,
+                    address,
                     endpoint.port,
                     ssl=tls.context,
                     server_hostname=tls.server_hostname,
+                    local_addr=local,
                 )
     except BaseException as exc:
         pool.unreserve()
         free_slot(pool)
+        if isinstance(exc, UpstreamNotAuthorized):
+            raise  # the relay answers 502 and logs it, as for any refusal of the gate
         if isinstance(exc, TimeoutError):
             raise GatewayTimeout(f"connect to {endpoint} timed out after {timeout:g}s") from None
         if isinstance(exc, OSError):
@@ -312,3 +326,24 @@ async def open_connection(
         raise
     pool.opened(reserved=True)
     return conn
+
+
+async def _public_address(
+    loop: asyncio.AbstractEventLoop, endpoint: Endpoint, policy: PublicOnly
+) -> str:
+    """The first address ``endpoint``'s name resolves to that ``policy`` allows, checked now,
+    at connect time (a name that later resolves into a private network is refused then)."""
+    try:
+        infos = await loop.getaddrinfo(endpoint.ip, endpoint.port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise UpstreamConnectFailed(f"cannot resolve {endpoint.ip}: {exc}", exc.errno) from None
+    problems = []
+    for info in infos:
+        ip = ipaddress.ip_address(str(info[4][0]).partition("%")[0])
+        problem = policy.problem(ip)
+        if problem is None:
+            return str(ip)
+        problems.append(f"{ip}: {problem}")
+    raise UpstreamNotAuthorized(
+        f"{endpoint.ip} resolves only to refused addresses ({'; '.join(problems)})"
+    )

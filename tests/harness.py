@@ -114,6 +114,7 @@ class Backend:
     stall_at: int | None = None
     received: int = 0
     tls: ssl.SSLContext | None = None  # serve HTTPS with this server context
+    peers: list[str] = field(default_factory=list)  # each connection's source address
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, self.host, self.port, ssl=self.tls)
@@ -128,6 +129,7 @@ class Backend:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.peers.append(str(writer.get_extra_info("peername")[0]))
         number = self.connections
         task = asyncio.current_task()
         assert task is not None
