@@ -69,6 +69,20 @@ class MethodNotAllowed(HTTPError):
         super().__init__(detail)
 
 
+class Forbidden(HTTPError):
+    status = 403
+    reason = "forbidden"
+
+
+class TooManyRequests(HTTPError):
+    status = 429
+    reason = "rate_limited"
+
+    def __init__(self, retry_after: int, detail: str) -> None:
+        super().__init__(detail)
+        self.headers = ((b"Retry-After", b"%d" % retry_after),)
+
+
 class RequestTimeout(HTTPError):
     status = 408
     reason = "request_timeout"

@@ -15,24 +15,10 @@ from collections.abc import Sequence
 
 from lbproxy.acl import AccessList, IPNetwork, client_address
 from lbproxy.config import Api, App, Config, RateLimit
-from lbproxy.errors import HTTPError
+from lbproxy.errors import Forbidden, TooManyRequests
 from lbproxy.framing import RequestHead
 from lbproxy.signing import SignatureError, Verifier, is_debug_requested, not_granted
 from lbproxy.throttle import RateLimiter, retry_after
-
-
-class Forbidden(HTTPError):
-    status = 403
-    reason = "forbidden"
-
-
-class TooManyRequests(HTTPError):
-    status = 429
-    reason = "rate_limited"
-
-    def __init__(self, seconds: float, detail: str) -> None:
-        super().__init__(detail)
-        self.headers = ((b"Retry-After", b"%d" % retry_after(seconds)),)
 
 
 class ListenerGuard:
@@ -91,7 +77,7 @@ class Guard:
             wait = self._limiter.take(now)
             if wait is not None:
                 limit = self._limiter.describe()
-                raise TooManyRequests(wait, f"api `{self._name}` allows {limit}")
+                raise TooManyRequests(retry_after(wait), f"api `{self._name}` allows {limit}")
 
     def _check_signature(self, verifier: Verifier, head: RequestHead, now: float) -> None:
         try:
@@ -106,7 +92,9 @@ class Guard:
         if limiter is not None:
             wait = limiter.take(now)
             if wait is not None:
-                raise TooManyRequests(wait, f"app `{app.name}` allows {limiter.describe()}")
+                raise TooManyRequests(
+                    retry_after(wait), f"app `{app.name}` allows {limiter.describe()}"
+                )
 
 
 def _limiter(limit: RateLimit | None) -> RateLimiter | None:

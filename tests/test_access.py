@@ -231,18 +231,21 @@ def test_https_listener_with_a_trustme_certificate(
     assert backend.seen[-1].header("x-forwarded-proto") == "https"
 
 
-def test_http_backend_is_judged_after_dns(start: Start, backend: Backend, lt: LoopThread) -> None:
-    public = Backend("p", host="127.0.0.100")
-    lt.run(public.start())
-    try:
-        api = f"""
+def http_api(authority: str) -> str:
+    return f"""
 [[api]]
 name = "status"
 methods = ["GET"]
 path = "/status"
-backend = {{ type = "http", url = "http://localhost:{public.port}/v1" }}
+backend = {{ type = "http", url = "http://{authority}/v1" }}
 """
-        runtime = start(access_toml(backend, apis=api))
+
+
+def test_http_backend_is_judged_after_dns(start: Start, backend: Backend, lt: LoopThread) -> None:
+    public = Backend("p", host="127.0.0.100")
+    lt.run(public.start())
+    try:
+        runtime = start(access_toml(backend, apis=http_api(f"localhost:{public.port}")))
         status, _, body = request(runtime, b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
         assert status == 502 and b"upstream_not_authorized" in body
         assert b"localhost resolves only to refused addresses" in body
@@ -257,14 +260,8 @@ def test_http_backend_allowed_range_base_path_and_egress_source(
     public = Backend("p", host="127.0.0.100")
     lt.run(public.start())
     try:
-        api = f"""
-[[api]]
-name = "status"
-methods = ["GET"]
-path = "/status"
-backend = {{ type = "http", url = "http://127.0.0.100:{public.port}/v1" }}
-"""
         gateway = 'http_backend_allow = ["127.0.0.100/32"]\negress_source = "127.0.0.9"'
+        api = http_api(f"127.0.0.100:{public.port}")
         runtime = start(access_toml(backend, gateway=gateway, apis=api))
         status, _, _ = request(runtime, b"GET /status?x=1 HTTP/1.1\r\nHost: x\r\n\r\n")
         assert status == 200
