@@ -4,11 +4,13 @@ admin API driven by the configuration's own keys."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import trustme
 
 from lbproxy.server import Runtime
 from lbproxy.state import load_with_state
-from tests.harness import Backend, Client, LoopThread
+from tests.harness import Backend, Client, LoopThread, Seen
 
 SECRET = "app-secret-1"
 
@@ -306,3 +308,34 @@ def test_runtime_authorization_change_survives_a_restart(
         assert len(backend.seen) == 0
     finally:
         lt.run(other.stop())
+
+
+def test_a_change_leaves_requests_in_flight_on_their_route(start: Start, lt: LoopThread) -> None:
+    async def slow(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.5)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+        return True
+
+    first = Backend("a", handler=slow, host="127.0.0.53")
+    other = Backend("b", host="127.0.0.54")
+    for b in (first, other):
+        lt.run(b.start())
+    try:
+        gateway = 'admin_listen = "127.0.0.1:0"\nadmin_token = "tok"\nstate_file = "s.json"'
+        extra = '[[instance]]\nid = "i-b"\nvpc = "vpc-t"\nip = "127.0.0.54"\n'
+        runtime = start(access_toml(first, gateway=gateway, extra=extra))
+        sock = socket.create_connection(runtime.addresses[0], timeout=10)
+        in_flight = Client(sock)
+        in_flight.send(b"GET /open/x HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.1)  # the request reached the slow server
+        change = {"vpc": "vpc-t", "target": "i-b", "port": other.port}
+        assert admin_call(runtime, "PUT", "/admin/authorizations/to-a", change, "tok") == 200
+        response, body = in_flight.response()
+        assert (response.status_code, body) == (200, b"slow")  # finished where it started
+        in_flight.send(b"GET /open/x HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert in_flight.response()[0].status_code == 200
+        in_flight.close()
+        assert len(other.seen) == 1  # the next request took the new authorization
+    finally:
+        for b in (first, other):
+            lt.run(b.stop())
