@@ -18,6 +18,8 @@ import hmac
 import json
 import logging
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import h11
@@ -134,12 +136,42 @@ class AuthorizationsAPI:
         log.info("authorizations changed: %d now", len(authorizations))
 
 
+@dataclass(frozen=True, slots=True)
+class AdminRequest:
+    method: str
+    path: str
+    query: str
+    authorization: bytes | None  # the Authorization header, for ``AuthorizationsAPI.check_token``
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A response other than JSON (metrics text, an HTML page)."""
+
+    status: int
+    body: bytes
+    content_type: bytes
+
+
+# A handler answers the paths it knows (a (status, JSON payload) pair or a ``Reply``) and
+# returns None for the others; raising ``AdminError`` answers that error as JSON.
+Handler = Callable[[AdminRequest], "tuple[int, Any] | Reply | None"]
+
+
 class AdminServer:
+    """The admin listener. The authorizations API is built in; other modules (metrics, status)
+    add handlers with ``add``, tried in order."""
+
     def __init__(self, api: AuthorizationsAPI, address: HostPort) -> None:
         self.api = api
         self._address = address
         self._server: asyncio.Server | None = None
         self.address: HostPort | None = None
+        self._handlers: list[Handler] = []
+
+    def add(self, handler: Handler) -> None:
+        self._handlers.append(handler)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, *self._address)
@@ -159,8 +191,7 @@ class AdminServer:
                 request, body = await _read_request(conn, reader)
                 if request is None:
                     return
-                status, payload = self._handle(request, body)
-                await _respond(conn, writer, status, payload)
+                await _respond(conn, writer, self._handle(request, body))
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return
                 conn.start_next_cycle()
@@ -169,12 +200,16 @@ class AdminServer:
         finally:
             writer.close()
 
-    def _handle(self, request: h11.Request, body: bytes) -> tuple[int, Any]:
-        method = request.method.decode()
-        path = request.target.decode("latin-1").partition("?")[0]
+    def _handle(self, request: h11.Request, body: bytes) -> tuple[int, Any] | Reply:
+        path, _, query = request.target.decode("latin-1").partition("?")
         header = next((v for k, v in request.headers if k == b"authorization"), None)
+        admin_request = AdminRequest(request.method.decode(), path, query, header, body)
         try:
-            return self._route(method, path, header, body)
+            for handler in self._handlers:
+                answer = handler(admin_request)
+                if answer is not None:
+                    return answer
+            return self._route(admin_request.method, path, header, body)
         except AdminError as exc:
             return exc.status, exc.body
 
@@ -237,10 +272,14 @@ async def _read_request(
 
 
 async def _respond(
-    conn: h11.Connection, writer: asyncio.StreamWriter, status: int, payload: Any
+    conn: h11.Connection, writer: asyncio.StreamWriter, answer: tuple[int, Any] | Reply
 ) -> None:
-    data = json.dumps(payload).encode() + b"\n"
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
+    if isinstance(answer, Reply):
+        status, data, content_type = answer.status, answer.body, answer.content_type
+    else:
+        status, data = answer[0], json.dumps(answer[1]).encode() + b"\n"
+        content_type = b"application/json"
+    headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(data))]
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
     writer.write(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
