@@ -61,6 +61,11 @@ class AuthorizationsAPI:
             dict(a) for a in document.get("authorization", [])
         ]
 
+    def replace_document(self, document: Document) -> None:
+        """A reload read the files again: changes now start from them."""
+        self._document = document
+        self.authorizations = [dict(a) for a in document.get("authorization", [])]
+
     def check_token(self, header: bytes | None, write: bool) -> None:
         if self._token is None:
             if write:

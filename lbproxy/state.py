@@ -76,13 +76,16 @@ def with_authorizations(
 
 def load_with_state(path: str) -> tuple[Config, Document]:
     """The configuration for ``run``: the file, with the state file's authorizations when it
-    has one. Returns the raw document too, for the admin API's later changes."""
+    has one. Returns the document in effect too (the file's tables, the saved authorizations),
+    which the admin API's later changes start from."""
     document = read_document(path)
     config = parse_config(document, path)
     state = state_path(config)
     saved = read_state(state) if state else None
     if saved is not None:
         config = with_authorizations(document, saved, path)
+        # The admin API's changes start from the list in effect, the saved one.
+        document = {**document, "authorization": saved}
     return config, document
 
 

@@ -15,7 +15,7 @@ import pytest
 from lbproxy.admin import AdminServer, AuthorizationsAPI
 from lbproxy.configload import parse_config
 from lbproxy.server import Runtime
-from lbproxy.state import read_state, with_authorizations
+from lbproxy.state import load_with_state, read_state, with_authorizations
 from tests.harness import Backend, Client, LoopThread, gateway_toml
 
 TOKEN = "s3cret-token"
@@ -126,3 +126,19 @@ def test_writes_need_the_token(admin: Admin) -> None:
     assert admin.call("POST", "/admin/authorizations", entry, token="wrong")[0] == 401
     assert admin.call("GET", "/admin/authorizations", token=None)[0] == 401
     assert not admin.state_file.exists()
+
+
+def test_after_a_restart_changes_start_from_the_saved_list(tmp_path: Path) -> None:
+    text = gateway_toml([Backend("a", port=9001), Backend("b", port=9002)], 18652).replace(
+        "[gateway]\n", '[gateway]\nstate_file = "state.json"\n', 1
+    )
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    saved = [{"name": "to-lb", "vpc": "vpc-t", "target": "lb-t", "port": 18652}]
+    saved.append({"name": "to-first", "vpc": "vpc-t", "target": "i-a", "port": 7})
+    saved.append({"name": "extra", "vpc": "vpc-t", "target": "i-b", "port": 8})
+    (tmp_path / "state.json").write_text(json.dumps({"authorizations": saved}))
+    config, document = load_with_state(str(path))
+    assert [a.name for a in config.authorizations] == ["to-lb", "to-first", "extra"]
+    api = AuthorizationsAPI(Runtime(config), document, str(tmp_path / "state.json"), TOKEN)
+    assert [a["name"] for a in api.authorizations] == ["to-lb", "to-first", "extra"]
