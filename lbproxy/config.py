@@ -7,7 +7,9 @@ downstream parses strings again.
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, field
+from typing import Literal
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -65,6 +67,22 @@ class GatewayConfig:
     # VPC (labs and tests); see ``authz.public_address_problem``.
     http_backend_allow: tuple[IPNetwork, ...] = ()
     tls: tuple[TlsListener, ...] = ()
+    # "off", "stdout" or an absolute file path (a relative one is taken from the configuration
+    # file's directory). Off by default: each record costs the loop a little and the writer
+    # thread some CPU under the GIL, so logging every request is the operator's choice.
+    access_log: str = "off"
+    # Worker processes sharing the listeners with SO_REUSEPORT; "auto": one per usable CPU.
+    workers: int | Literal["auto"] = 1
+    # How long a graceful stop (SIGTERM, SIGQUIT) lets in-flight requests finish.
+    shutdown_timeout: float = 30.0
+
+    def worker_count(self) -> int:
+        """``workers`` as a number: "auto" is the CPUs this process may run on."""
+        if self.workers != "auto":
+            return self.workers
+        if hasattr(os, "sched_getaffinity"):
+            return len(os.sched_getaffinity(0))
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,9 +68,50 @@ def _read_gateway(r: Reader, base_dir: str) -> GatewayConfig | None:
         upstream_max_idle=r.integer("upstream_max_idle", default.upstream_max_idle, 0, 100_000),
         upstream_idle_timeout=r.seconds("upstream_idle_timeout", default.upstream_idle_timeout),
         **access,
+        **_read_operations(r, base_dir),
     )
     r.finish()
     return gw if isinstance(region, str) else None
+
+
+_MAX_WORKERS = 1024
+
+
+def _read_operations(r: Reader, base_dir: str) -> dict[str, Any]:
+    """The keys of running it: ``access_log``, ``workers``, ``shutdown_timeout``."""
+    workers = r.value("workers", 1, (int, str), 'an integer or "auto"')
+    if isinstance(workers, str) and workers != "auto":
+        r.problem(
+            "workers", f'{workers!r} is not a number of workers; use 1..{_MAX_WORKERS} or "auto"'
+        )
+        workers = 1
+    elif isinstance(workers, int) and not 1 <= workers <= _MAX_WORKERS:
+        r.problem("workers", f'{workers} is out of range; use 1..{_MAX_WORKERS} or "auto"')
+        workers = 1
+    return {
+        "access_log": _read_access_log(r, base_dir),
+        "workers": workers,
+        "shutdown_timeout": r.seconds("shutdown_timeout", 30.0),
+    }
+
+
+def _read_access_log(r: Reader, base_dir: str) -> str:
+    value = r.string("access_log", "off")
+    if not isinstance(value, str) or not value.strip():
+        return "off"
+    if value in ("off", "stdout"):
+        return value
+    # Relative to the configuration file, like state_file, so the two can move together.
+    path = os.path.join(base_dir, value)
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        r.problem("access_log", f"{path!r} is a directory; name a file in it, or use off or stdout")
+    elif not os.path.isdir(directory):
+        r.problem(
+            "access_log",
+            f"directory {directory!r} does not exist; create it (the file itself is created)",
+        )
+    return path
 
 
 def _read_vpc(r: Reader) -> Vpc:

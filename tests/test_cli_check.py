@@ -76,14 +76,14 @@ def test_bad_config_exits_78_with_every_problem(command: str, bad_config: str) -
 
 def test_several_problems_are_all_reported(tmp_path: Path) -> None:
     text = (ROOT / EXAMPLE).read_text(encoding="utf-8")
-    text = text.replace('http_parser = "httptools"', 'http_parser = "httptools"\nworkers = 4')
+    text = text.replace('http_parser = "httptools"', 'http_parser = "httptools"\nwrokers = 4')
     text = text.replace("port = 8081\nhost", 'port = "8081"\nhost')
     path = tmp_path / "bad.toml"
     path.write_text(text, encoding="utf-8")
     result = lbproxy("check", "-c", str(path))
     assert result.returncode == 78
     assert result.stderr.splitlines() == [
-        f"{path}: gateway.workers: unknown key; known keys here: {GATEWAY_KEYS}",
+        f"{path}: gateway.wrokers: unknown key; known keys here: {GATEWAY_KEYS}",
         f"{path}: authorization[0].port: expected an integer, got a string ('8081')",
         "2 problem(s) found; nothing was started.",
     ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import os
 import re
 import tomllib
 from collections.abc import Callable
@@ -33,10 +34,11 @@ HINT = "use /exact, /prefix/* or /items/{id}"
 METHODS = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE or ANY"
 ROOT_KEYS = "api, app, authorization, gateway, instance, load_balancer, vpc"
 GATEWAY_KEYS = (
-    "admin_listen, admin_token, admin_token_env, allow, client_header_timeout, connect_timeout, "
-    "deny, egress_source, http_backend_allow, http_parser, keepalive_timeout, listen, "
-    "max_body_size, max_header_size, peered_regions, region, state_file, tls, "
-    "trusted_proxies, upstream_idle_timeout, upstream_max_idle, upstream_timeout"
+    "access_log, admin_listen, admin_token, admin_token_env, allow, client_header_timeout, "
+    "connect_timeout, deny, egress_source, http_backend_allow, http_parser, keepalive_timeout, "
+    "listen, max_body_size, max_header_size, peered_regions, region, shutdown_timeout, "
+    "state_file, tls, trusted_proxies, upstream_idle_timeout, upstream_max_idle, "
+    "upstream_timeout, workers"
 )
 LISTENER_KEYS = "health_check, passive, pool, port, retry, scheduler, servers, slow_start"
 PEER_SHANGHAI = "or add `cn-shanghai` to gateway.peered_regions for a cross-region link"
@@ -995,6 +997,168 @@ def test_bad_path_is_reported_at_its_key() -> None:
     assert problem_lines(demo_with(put("api[0].path", "/items/*/x"))) == lines(
         ("api[0].path", f"segment '*' of '/items/*/x' is not valid; {HINT}")
     )
+
+
+# --- running it: access_log, workers, shutdown_timeout -----------------------------------------
+
+WORKERS_RANGE = 'use 1..1024 or "auto"'
+
+
+def test_operation_defaults() -> None:
+    gw = parse_config(demo_with(), FILE).gateway
+    assert (gw.access_log, gw.workers, gw.shutdown_timeout) == ("off", 1, 30.0)
+    assert gw.worker_count() == 1
+
+
+@pytest.mark.parametrize(
+    ("edit", "attribute", "expected"),
+    [
+        (put("gateway.access_log", "off"), "access_log", "off"),
+        (put("gateway.access_log", "stdout"), "access_log", "stdout"),
+        (put("gateway.access_log", "/tmp/access.log"), "access_log", "/tmp/access.log"),
+        (put("gateway.workers", 4), "workers", 4),
+        (put("gateway.workers", 1024), "workers", 1024),
+        (put("gateway.workers", "auto"), "workers", "auto"),
+        (put("gateway.shutdown_timeout", 5), "shutdown_timeout", 5.0),
+        (put("gateway.shutdown_timeout", 0.5), "shutdown_timeout", 0.5),
+    ],
+    ids=[
+        "access-log-off",
+        "access-log-stdout",
+        "access-log-absolute-path",
+        "workers-4",
+        "workers-max",
+        "workers-auto",
+        "int-shutdown-timeout",
+        "short-shutdown-timeout",
+    ],
+)
+def test_operation_values(edit: Edit, attribute: str, expected: object) -> None:
+    value = getattr(parse_config(demo_with(edit), FILE).gateway, attribute)
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+def test_workers_auto_counts_the_usable_cpus() -> None:
+    gw = parse_config(demo_with(put("gateway.workers", "auto")), FILE).gateway
+    assert gw.worker_count() == len(os.sched_getaffinity(0))
+    assert parse_config(demo_with(put("gateway.workers", 3)), FILE).gateway.worker_count() == 3
+
+
+def test_relative_access_log_is_taken_from_the_config_directory(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    data = demo_with(put("gateway.access_log", "logs/access.log"))
+    config = parse_config(data, str(tmp_path / "gw.toml"))
+    assert config.gateway.access_log == str(tmp_path / "logs" / "access.log")
+
+
+def test_access_log_in_a_missing_directory_is_refused(tmp_path: Path) -> None:
+    data = demo_with(put("gateway.access_log", "logs/access.log"))
+    lines_seen = problem_lines(data, str(tmp_path / "gw.toml"))
+    assert lines_seen == [
+        f"{tmp_path / 'gw.toml'}: gateway.access_log: directory {str(tmp_path / 'logs')!r} "
+        "does not exist; create it (the file itself is created)"
+    ]
+
+
+def test_access_log_naming_a_directory_is_refused(tmp_path: Path) -> None:
+    data = demo_with(put("gateway.access_log", str(tmp_path)))
+    assert problem_lines(data) == lines(
+        (
+            "gateway.access_log",
+            f"{str(tmp_path)!r} is a directory; name a file in it, or use off or stdout",
+        )
+    )
+
+
+OPERATION_PROBLEMS = [
+    pytest.param(
+        (put("gateway.workers", 0),),
+        [("gateway.workers", f"0 is out of range; {WORKERS_RANGE}")],
+        id="zero-workers",
+    ),
+    pytest.param(
+        (put("gateway.workers", 1025),),
+        [("gateway.workers", f"1025 is out of range; {WORKERS_RANGE}")],
+        id="too-many-workers",
+    ),
+    pytest.param(
+        (put("gateway.workers", "many"),),
+        [("gateway.workers", f"'many' is not a number of workers; {WORKERS_RANGE}")],
+        id="workers-word",
+    ),
+    pytest.param(
+        (put("gateway.workers", "4"),),
+        [("gateway.workers", f"'4' is not a number of workers; {WORKERS_RANGE}")],
+        id="workers-quoted-number",
+    ),
+    pytest.param(
+        (put("gateway.workers", True),),
+        [("gateway.workers", 'expected an integer or "auto", got True')],
+        id="workers-boolean",
+    ),
+    pytest.param(
+        (put("gateway.workers", 2.5),),
+        [("gateway.workers", 'expected an integer or "auto", got a number (2.5)')],
+        id="workers-fraction",
+    ),
+    pytest.param(
+        (put("gateway.shutdown_timeout", 0),),
+        [("gateway.shutdown_timeout", "0 is not a usable number of seconds; use e.g. 10.0")],
+        id="zero-shutdown-timeout",
+    ),
+    pytest.param(
+        (put("gateway.shutdown_timeout", -1.5),),
+        [("gateway.shutdown_timeout", "-1.5 is not a usable number of seconds; use e.g. 10.0")],
+        id="negative-shutdown-timeout",
+    ),
+    pytest.param(
+        (put("gateway.shutdown_timeout", "30s"),),
+        [("gateway.shutdown_timeout", "expected a number of seconds, got a string ('30s')")],
+        id="shutdown-timeout-with-unit",
+    ),
+    pytest.param(
+        (put("gateway.access_log", ""),),
+        [("gateway.access_log", "must not be empty")],
+        id="empty-access-log",
+    ),
+    pytest.param(
+        (put("gateway.access_log", True),),
+        [("gateway.access_log", "expected a string, got True")],
+        id="access-log-boolean",
+    ),
+    pytest.param(
+        (put("gateway.access_log", "/nonexistent-lbproxy-dir/access.log"),),
+        [
+            (
+                "gateway.access_log",
+                "directory '/nonexistent-lbproxy-dir' does not exist; "
+                "create it (the file itself is created)",
+            )
+        ],
+        id="access-log-directory-missing",
+    ),
+    pytest.param(
+        (
+            put("gateway.workers", 0),
+            put("gateway.shutdown_timeout", 0),
+            put("gateway.access_log", 1),
+        ),
+        [
+            ("gateway.workers", f"0 is out of range; {WORKERS_RANGE}"),
+            ("gateway.access_log", "expected a string, got an integer (1)"),
+            ("gateway.shutdown_timeout", "0 is not a usable number of seconds; use e.g. 10.0"),
+        ],
+        id="every-operation-problem-reported",
+    ),
+]
+
+
+@pytest.mark.parametrize(("edits", "expected"), OPERATION_PROBLEMS)
+def test_operation_problems_report_exact_lines(
+    edits: tuple[Edit, ...], expected: list[tuple[str, str]]
+) -> None:
+    assert problem_lines(demo_with(*edits)) == lines(*expected)
 
 
 # --- load_config -------------------------------------------------------------------------------
