@@ -61,10 +61,15 @@ def _bind_error(address: HostPort, exc: OSError) -> StartupError:
 
 
 class Runtime:
-    def __init__(self, config: Config, document: Document | None = None) -> None:
+    def __init__(
+        self, config: Config, document: Document | None = None, *, reuse_port: bool = False
+    ) -> None:
         """``document``: the configuration file as parsed TOML, which the admin API needs to
-        validate changes like the file; without it the admin listener is not started."""
+        validate changes like the file; without it the admin listener is not started.
+        ``reuse_port``: bind the listeners with SO_REUSEPORT, so that several worker processes
+        can each accept on the same addresses."""
         self.config = config
+        self._reuse_port = reuse_port
         self._document = document
         self.admin: AdminServer | None = None
         self.routes: RouteTable = build_routes(config)
@@ -179,6 +184,7 @@ class Runtime:
                 address[0],
                 address[1],
                 reuse_address=True,
+                reuse_port=self._reuse_port,
                 backlog=1024,
                 ssl=tls,
             )
