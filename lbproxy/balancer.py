@@ -107,21 +107,31 @@ class Scheduler(Protocol):
 
 
 class WeightedRoundRobin:
-    __slots__ = ("_current", "_cycle", "_table")
+    __slots__ = ("_current", "_cycle", "_generation", "_table")
 
     def __init__(self, table: HostTable) -> None:
         self._table = table
-        # While the table is settled every host is up, so the cycle holds the primaries, or the
-        # backups when every primary is drained.
-        weights = tuple(0 if h.backup else h.weight for h in table.hosts)
-        if not any(weights):
-            weights = tuple(h.weight if h.backup else 0 for h in table.hosts)
-        self._cycle = SmoothWeightedRoundRobin(weights)
         self._current = [0] * len(table.hosts)
+        self._cycle = self._build_cycle()
+        self._generation = table.generation
+
+    def _build_cycle(self) -> SmoothWeightedRoundRobin:
+        """The cycle of the table's current weights. While the table is settled every host is
+        up, so the cycle holds the primaries, or the backups when every primary is drained (the
+        table always keeps a host with a weight above 0)."""
+        hosts = self._table.hosts
+        weights = tuple(0 if h.backup else h.weight for h in hosts)
+        if not any(weights):
+            weights = tuple(h.weight if h.backup else 0 for h in hosts)
+        return SmoothWeightedRoundRobin(weights)
 
     def pick(self, now: float, tried: int = 0) -> int | None:
         table = self._table
         if not tried and not table.down and now >= table.settled_at:
+            # A runtime weight change (HostTable.set_weight) makes the cycle stale.
+            if table.generation != self._generation:
+                self._cycle = self._build_cycle()
+                self._generation = table.generation
             return self._cycle.pick()
         among = candidates(table, now, tried)
         return step(self._current, among) if among else None

@@ -12,8 +12,10 @@ Theory of operation. Two sources judge a server, and both only flip flags on the
   A passing active check ends an ejection early, into half-open.
 
 Every change comes back as ``Transition`` values for the caller to log (the reason says what
-was seen: "status 500", "timeout", "connection refused"). Nothing here reads a clock, sleeps or
-touches a socket: the asyncio checker lives with the relay, and the time is always an argument.
+was seen: "status 500", "timeout", "connection refused"); the board also keeps, for status
+pages, each server's last transition and its last ``CHECK_HISTORY`` check results. Nothing here
+reads a clock, sleeps or touches a socket: the asyncio checker lives with the relay, and the
+time is always an argument.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import enum
 import errno
 import random
+from collections import deque
 from dataclasses import dataclass
 
 from lbproxy.config import HealthCheck, Passive
@@ -29,6 +32,8 @@ from lbproxy.hosts import HostTable
 # Checks of different servers (and workers) drift apart by up to this fraction of the interval,
 # so they do not hit a server, or leave the gateway, all at once.
 JITTER = 0.1
+# Check results kept per server for status pages: enough to see a flapping server.
+CHECK_HISTORY = 5
 
 
 class Event(enum.Enum):
@@ -53,6 +58,15 @@ class Transition:
 
 @dataclass(frozen=True, slots=True)
 class CheckResult:
+    ok: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRecord:
+    """One active check's result and when (the caller's clock) it was recorded."""
+
+    at: float
     ok: bool
     reason: str
 
@@ -154,6 +168,8 @@ class HealthBoard:
     __slots__ = (
         "_active",
         "_check",
+        "_checks",
+        "_last",
         "_passive",
         "_settings",
         "fail_statuses",
@@ -169,6 +185,8 @@ class HealthBoard:
         count = len(table.hosts)
         self._passive = [PassiveState() for _ in range(count)]
         self._active = [ActiveState(check.rise, check.fall) for _ in range(count)] if check else []
+        self._checks = [deque[CheckRecord](maxlen=CHECK_HISTORY) for _ in range(count)]
+        self._last: list[Transition | None] = [None] * count
         # Some server has failures counted or is out: only then must successes be recorded,
         # which spares the relay a call per request while every server is well.
         self.troubled = False
@@ -186,12 +204,21 @@ class HealthBoard:
             return "half_open"
         return "up" if state.phase == "ok" else state.phase
 
+    def checks(self, index: int) -> tuple[CheckRecord, ...]:
+        """The server's last active check results, oldest first."""
+        return tuple(self._checks[index])
+
+    def last_transition(self, index: int) -> Transition | None:
+        """The server's latest transition (why it is where it is), None before any."""
+        return self._last[index]
+
     # --- active checks --------------------------------------------------------------------------
 
     def record_check(self, index: int, result: CheckResult, now: float) -> tuple[Transition, ...]:
         if self._check is None:
             raise ValueError("this listener has no health_check; nothing records checks")
         active = self._active[index]
+        self._checks[index].append(CheckRecord(now, result.ok, result.reason))
         found: list[Transition] = []
         if active.record(result.ok):
             self.table.set_checked_down(index, not active.is_up, now)
@@ -277,7 +304,9 @@ class HealthBoard:
         return (self._transition(index, Event.HALF_OPEN, reason, now),)
 
     def _transition(self, index: int, event: Event, reason: str, now: float) -> Transition:
-        return Transition(index, self.table.hosts[index].name, event, reason, now)
+        transition = Transition(index, self.table.hosts[index].name, event, reason, now)
+        self._last[index] = transition
+        return transition
 
     def __repr__(self) -> str:
         return f"<HealthBoard {self.table!r}>"

@@ -9,7 +9,8 @@ Flags that end by themselves (an ejection, a slow-start ramp) are stored as time
 against ``now``, so no timer is needed to lift them. Two summaries, refreshed on every flag
 change, let the balancer's hot path be two comparisons: ``down`` (how many hosts active checks
 hold down) and ``settled_at`` (from then on, with no new flag, every host is available at full
-weight).
+weight). ``generation`` counts runtime weight changes (``set_weight``), so that a balancer
+holding a schedule built from the weights knows when to build it again.
 """
 
 from __future__ import annotations
@@ -35,11 +36,14 @@ class Availability(enum.Enum):
 
 
 class Host:
-    """One server of a listener. ``weight`` 0 is drained: never picked for a new request."""
+    """One server of a listener. ``weight`` 0 is drained: never picked for a new request.
+    ``weight`` is the current one, which an operator may change at runtime; ``configured_weight``
+    is the configuration's, which ``enable`` goes back to."""
 
     __slots__ = (
         "backup",
         "checked_down",
+        "configured_weight",
         "ejected_until",
         "in_flight",
         "name",
@@ -52,11 +56,15 @@ class Host:
             raise ValueError(f"weight must be 0 or more, got {weight}")
         self.name = name
         self.weight = weight
+        self.configured_weight = weight
         self.backup = backup
         self.checked_down = False
         self.ejected_until = NEVER
         self.ramp_from = NEVER
         self.in_flight = 0
+
+    def is_drained(self) -> bool:
+        return self.weight == 0
 
     def is_available(self, now: float) -> bool:
         """May take new requests at ``now``: not drained, not held down, not ejected."""
@@ -64,6 +72,8 @@ class Host:
 
     def __repr__(self) -> str:
         flags = [f"w{self.weight}"]
+        if self.weight != self.configured_weight:
+            flags[0] += f" (configured {self.configured_weight})"
         if self.backup:
             flags.append("backup")
         if self.checked_down:
@@ -76,7 +86,7 @@ class Host:
 
 
 class HostTable:
-    __slots__ = ("down", "hosts", "settled_at", "slow_start")
+    __slots__ = ("down", "generation", "hosts", "settled_at", "slow_start")
 
     def __init__(self, hosts: Sequence[Host], slow_start: float = 0.0) -> None:
         if not any(h.weight > 0 for h in hosts):
@@ -85,6 +95,7 @@ class HostTable:
         self.slow_start = slow_start
         self.down = 0
         self.settled_at = NEVER
+        self.generation = 0
 
     @classmethod
     def for_listener(cls, listener: Listener) -> HostTable:
@@ -117,6 +128,24 @@ class HostTable:
             host.ejected_until = now
             host.ramp_from = now
             self._settle()
+
+    # --- written by operators (the admin API); runtime only, a restart forgets it -------------
+
+    def set_weight(self, index: int, weight: int, now: float) -> None:
+        """Give the host a new current weight. 0 drains it (no new requests; those in flight
+        finish); a drained host given a weight again ramps up from ``now`` under slow start.
+        Refused (ValueError) when no host would keep a weight above 0: a listener always has a
+        server to send to, as the configuration requires."""
+        host = self.hosts[index]
+        if weight < 0:
+            raise ValueError(f"weight must be 0 or more, got {weight}")
+        if weight == 0 and not any(h.weight > 0 for h in self.hosts if h is not host):
+            raise ValueError(f"{host.name} is the last server with a weight above 0")
+        if host.weight == 0 and weight > 0:
+            host.ramp_from = max(now, host.ramp_from)
+        host.weight = weight
+        self.generation += 1
+        self._settle()
 
     def _settle(self) -> None:
         hosts = self.hosts

@@ -399,3 +399,79 @@ def test_a_table_that_can_pick_nothing_is_refused(hosts: list[Host], message: st
 def test_a_negative_weight_is_refused() -> None:
     with pytest.raises(ValueError, match=r"^weight must be 0 or more, got -1$"):
         Host("a", -1)
+
+
+# --- runtime weight changes (the admin API's drain, enable and weight) ---------------------------
+
+
+def test_a_weight_change_rebuilds_the_wrr_cycle() -> None:
+    table = make_table((1, 1, 1))
+    scheduler = WeightedRoundRobin(table)
+    assert run(scheduler, 3) == "abc"
+    table.set_weight(0, 5, now=0.0)
+    # The precomputed cycle of 1:1:1 would go on with "abc"; the new one is nginx's 5:1:1.
+    assert run(scheduler, 14) == "aabacaa" * 2
+    assert table.generation == 1
+
+
+@pytest.mark.parametrize("scheduler_type", [WeightedRoundRobin, LeastConnections])
+def test_a_drained_host_takes_no_new_requests_and_keeps_those_in_flight(
+    scheduler_type: type[Scheduler],
+) -> None:
+    table = make_table((2, 1, 1))
+    scheduler = scheduler_type(table)  # type: ignore[call-arg]
+    table.begin(1)
+    table.set_weight(1, 0, now=0.0)
+    assert Counter(run(scheduler, 30)) == {"a": 20, "c": 10}
+    assert table.hosts[1].in_flight == 1 and table.hosts[1].is_drained()
+    table.end(1)
+    table.set_weight(1, table.hosts[1].configured_weight, now=0.0)
+    assert Counter(run(scheduler, 40)) == {"a": 20, "b": 10, "c": 10}
+
+
+def test_least_conn_weighs_load_by_the_current_weight() -> None:
+    table = make_table((1, 1))
+    for _ in range(3):
+        table.begin(0)
+    table.begin(1)
+    assert run(LeastConnections(table), 1) == "b"  # 3/1 against 1/1
+    table.set_weight(0, 10, now=0.0)
+    assert run(LeastConnections(table), 1) == "a"  # 3/10 against 1/1
+
+
+def test_draining_every_primary_hands_the_cycle_to_the_backups() -> None:
+    table = make_table((1, 1, 2), backups="c")
+    scheduler = WeightedRoundRobin(table)
+    table.set_weight(0, 0, now=0.0)
+    assert run(scheduler, 4) == "bbbb"
+    table.set_weight(1, 0, now=0.0)
+    assert table.availability(0.0) is Availability.BACKUP
+    assert run(scheduler, 4) == "cccc"
+
+
+def test_the_last_host_with_a_weight_cannot_be_drained() -> None:
+    table = make_table((1, 0, 1), backups="c")
+    table.set_weight(0, 0, now=0.0)
+    with pytest.raises(ValueError, match=r"^c is the last server with a weight above 0$"):
+        table.set_weight(2, 0, now=0.0)
+    with pytest.raises(ValueError, match=r"^weight must be 0 or more, got -2$"):
+        table.set_weight(1, -2, now=0.0)
+    assert [h.weight for h in table.hosts] == [0, 0, 1] and table.generation == 1
+
+
+def test_an_enabled_host_ramps_up_under_slow_start() -> None:
+    table = make_table((1, 1), slow_start=10.0)
+    scheduler = WeightedRoundRobin(table)
+    table.set_weight(1, 0, now=0.0)
+    table.set_weight(1, 1, now=100.0)
+    assert table.share(table.hosts[1], 101.0) == 10
+    assert table.settled_at == 110.0
+    assert shares(scheduler, 110, now=101.0) == [100, 10]
+    assert shares(scheduler, 150, now=105.0) == [100, 50]
+    assert shares(scheduler, 20, now=110.0) == [10, 10]
+
+
+def test_a_weight_change_shows_in_the_repr() -> None:
+    table = make_table((3, 1))
+    table.set_weight(0, 0, now=0.0)
+    assert repr(table) == "<HostTable [a w0 (configured 3), b w1]>"

@@ -10,8 +10,10 @@ import pytest
 
 from lbproxy.config import HealthCheck, Passive
 from lbproxy.health import (
+    CHECK_HISTORY,
     JITTER,
     ActiveState,
+    CheckRecord,
     CheckResult,
     Event,
     HealthBoard,
@@ -293,3 +295,33 @@ def test_troubled_says_when_successes_must_be_recorded() -> None:
     assert b.troubled  # host 0 is still out
     b.record_success(0, now=8.0)  # half-open, then recovered
     assert not b.troubled
+
+
+# --- what status pages read ----------------------------------------------------------------------
+
+
+def test_the_board_keeps_the_last_check_results_of_each_server() -> None:
+    health = board()
+    for second in range(CHECK_HISTORY + 2):
+        health.record_check(0, PASS if second % 2 else FAIL, float(second))
+    health.record_check(1, CheckResult(False, "timeout"), 9.0)
+    assert health.checks(0) == tuple(
+        CheckRecord(float(s), bool(s % 2), "status 200" if s % 2 else "status 500")
+        for s in range(2, CHECK_HISTORY + 2)
+    )
+    assert health.checks(1) == (CheckRecord(9.0, False, "timeout"),)
+    assert health.checks(2) == ()
+
+
+def test_the_board_keeps_each_server_s_last_transition() -> None:
+    health = board(passive=Passive(max_fails=1, fail_timeout=10.0), check=HealthCheck(fall=1))
+    assert health.last_transition(0) is None
+    health.record_failure(0, "connection reset", 1.0)
+    ejected = health.last_transition(0)
+    assert ejected is not None and ejected.event is Event.EJECTED
+    assert ejected.reason == "1 failure(s) in a row; last: connection reset; out for 10 s"
+    health.record_check(0, FAIL, 2.0)
+    assert health.last_transition(0) == Transition(
+        0, "a:80", Event.DOWN, "1 check(s) failed in a row; last: status 500", 2.0
+    )
+    assert health.last_transition(1) is None
