@@ -30,11 +30,17 @@ demo: $(VENV)/.installed-run
 
 test: test-deps check
 
-# nginx for the tests that run a benchmark briefly (they skip, saying why, where it cannot be had).
+# Debian packages the tests drive for real: nginx (benchmarks run briefly), prometheus and promtool
+# (a real scrape of /metrics), chromium (the status page in a headless browser). The tests that
+# need one skip, saying why, where it cannot be had.
 test-deps:
-	@command -v nginx >/dev/null || \
-		{ $(SUDO) $(APT_GET) update -qq && $(SUDO) $(APT_GET) install -y -qq nginx; } || \
-		echo "nginx could not be installed: the tests that need it will be skipped"
+	@missing=""; \
+	command -v nginx >/dev/null || missing="$$missing nginx"; \
+	command -v prometheus >/dev/null && command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	[ -z "$$missing" ] || \
+		{ $(SUDO) $(APT_GET) update -qq && $(SUDO) $(APT_GET) install -y -qq --no-install-recommends $$missing; } || \
+		echo "could not install$$missing: the tests that need them will be skipped"
 
 check: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check $(SRC) tests bench

@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from lbproxy import __version__
+from lbproxy import __version__, daemon
 from lbproxy.authz import build_reachability, format_table
 from lbproxy.config import Config
 from lbproxy.configload import load_config, parse_config, parse_host_port
@@ -25,7 +25,6 @@ from lbproxy.demo import demo_config_text, start_demo_backends
 from lbproxy.errors import ConfigError, StartupError
 from lbproxy.server import Runtime
 from lbproxy.signing import sign
-from lbproxy.state import Document, load_with_state
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -44,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="serve the gateway described by a configuration file")
     run.add_argument("-c", "--config", required=True, help="the TOML configuration file")
+    run.add_argument(
+        "--pid-file", help="write the (supervisor's) pid here, atomically; removed at exit"
+    )
     check = sub.add_parser(
         "check", help="validate a configuration and print what each API can reach"
     )
@@ -125,9 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return _check(args.config)
         if args.command == "run":
-            # The state file's authorizations (admin API changes) replace the file's.
-            config, document = load_with_state(args.config)
-            return _serve(lambda: _run(config, document))
+            return daemon.run(args.config, args.pid_file)
         return _demo(args.config, args.listen)
     except ConfigError as exc:
         for problem in exc.problems:
@@ -198,19 +198,6 @@ async def _until_signalled() -> None:
     await stop.wait()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.remove_signal_handler(sig)
-
-
-async def _run(config: Config, document: Document) -> None:
-    runtime = Runtime(config, document)
-    await runtime.start()
-    log.info(
-        "lbproxy %s serving %d API(s); Ctrl-C or SIGTERM to stop", __version__, len(config.apis)
-    )
-    try:
-        await _until_signalled()
-    finally:
-        log.info("stopping: finishing in-flight requests")
-        await runtime.stop()
 
 
 def _demo(path: str | None, listen: str | None) -> int:

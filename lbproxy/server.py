@@ -12,6 +12,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lbproxy.accesslog import AccessLog
 from lbproxy.admin import AdminServer, AuthorizationsAPI
 from lbproxy.authz import listener_key
 from lbproxy.checker import HealthChecker
@@ -82,6 +83,7 @@ class Runtime:
         self._stopping: set[asyncio.Task[None]] = set()
         self._api_contexts: list[RelayContext] = []
         self.addresses: list[HostPort] = []
+        self.access_log: AccessLog | None = None
 
     def __repr__(self) -> str:
         conns = sum(len(c.connections) for c in self._contexts)
@@ -92,6 +94,11 @@ class Runtime:
         ctx = RelayContext(loop, gw, gw.http_parser, self.pools, resolve)
         self._contexts.append(ctx)
         return ctx
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: reopen the access log file (after logrotate moved it)."""
+        if self.access_log is not None:
+            self.access_log.reopen()
 
     def apply(self, config: Config) -> None:
         """Take ``config``'s authorizations and APIs for new requests; requests in flight keep

@@ -1,0 +1,287 @@
+"""``lbproxy run``: the daemon. Workers, signals, reload, drain, pid file, systemd notify.
+
+Theory of operation. With ``workers = 1`` the process itself serves. With more, a supervisor
+forks that many workers, each with its own event loop and ``Runtime`` bound with SO_REUSEPORT
+(the kernel spreads connections), and starts a new one when a worker dies unexpectedly.
+
+Signals (sent to the supervisor, which passes them on to every worker):
+
+- SIGHUP reloads: the configuration file (and state file) is read and validated again. A bad
+  one is refused, logged and counted; the old one keeps serving. A good one is applied in place
+  when it binds the same addresses (routes swapped for new requests, requests in flight finish
+  on theirs); otherwise a new ``Runtime`` is started next to the old one (SO_REUSEPORT lets both
+  hold the ports) and the old one is drained.
+- SIGTERM and SIGQUIT drain gracefully within ``shutdown_timeout``: stop accepting, finish the
+  requests in flight, close idle upstream connections. SIGINT does the same; a second SIGINT
+  exits at once.
+- SIGUSR1 is for reopening log files (the access log, when one is configured).
+
+systemd ``Type=notify``: when ``NOTIFY_SOCKET`` is set, READY=1 is sent once serving,
+RELOADING=1 (with MONOTONIC_USEC) then READY=1 around a reload, STOPPING=1 when draining.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+
+from lbproxy import __version__
+from lbproxy.config import Config
+from lbproxy.errors import ConfigError, StartupError
+from lbproxy.server import Runtime
+from lbproxy.state import Document, load_with_state
+
+log = logging.getLogger("lbproxy")
+# The signals a supervisor passes on to its workers.
+_RELAYED = (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+_RESTART_DELAY = 1.0  # a worker dying at once again is not restarted in a tight loop
+
+
+def notify(message: str) -> None:
+    """Tell systemd (``Type=notify``) how the service is doing; nothing without NOTIFY_SOCKET."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # the abstract namespace
+    # systemd gone: nothing to tell, and nothing to fail for.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
+        sock.sendto(message.encode(), address)
+
+
+def write_pid_file(path: str) -> None:
+    """Write our pid atomically: a reader never sees a half-written file."""
+    temp = f"{path}.{os.getpid()}.tmp"
+    with open(temp, "w", encoding="ascii") as f:
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, path)
+
+
+class Worker:
+    """One serving process: a Runtime, reloaded in place or replaced on SIGHUP.
+
+    ``alone``: no supervisor above it, so it tells systemd how it is doing and reads SIGINT.
+    """
+
+    def __init__(
+        self, path: str, config: Config, document: Document, *, reuse_port: bool, alone: bool
+    ) -> None:
+        self._path = path
+        self._reuse_port = reuse_port
+        self._alone = alone
+        self.runtime = Runtime(config, document, reuse_port=reuse_port)
+        self._stop = asyncio.Event()
+        self._interrupts = 0
+        self._retired: set[asyncio.Task[None]] = set()
+        self._reloading: set[asyncio.Task[bool]] = set()
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        await self.runtime.start()
+        for sig in (signal.SIGTERM, signal.SIGQUIT):
+            loop.add_signal_handler(sig, self._stop.set)
+        if self._alone:
+            loop.add_signal_handler(signal.SIGINT, self._interrupt)
+        else:
+            # A worker: Ctrl-C reaches the whole process group, so the supervisor alone reads it
+            # (and sends SIGTERM, then SIGKILL on a second one).
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
+        loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
+        config = self.runtime.config
+        log.info(
+            "lbproxy %s serving %d API(s) in pid %d", __version__, len(config.apis), os.getpid()
+        )
+        self._notify("READY=1")
+        await self._stop.wait()
+        self._notify("STOPPING=1")
+        log.info("stopping: finishing in-flight requests (at most %gs)", self._timeout())
+        await self.runtime.stop(timeout=self._timeout())
+        await asyncio.gather(*self._retired)
+
+    def _notify(self, message: str) -> None:
+        if self._alone:
+            notify(message)
+
+    def _timeout(self) -> float:
+        return float(self.runtime.config.gateway.shutdown_timeout)
+
+    def _interrupt(self) -> None:
+        self._interrupts += 1
+        if self._interrupts > 1:
+            log.warning("second interrupt: exiting now")
+            os._exit(130)
+        self._stop.set()
+
+    def _reopen_logs(self) -> None:
+        self.runtime.reopen_logs()
+
+    def _on_hangup(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._reloading.add(task)
+        task.add_done_callback(self._reloading.discard)
+
+    async def reload(self) -> bool:
+        """Read and validate the configuration again; keep the old one if it is bad."""
+        self._notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            ok = await self._reload()
+        finally:
+            self._notify("READY=1")
+        return ok
+
+    async def _reload(self) -> bool:
+        try:
+            config, document = load_with_state(self._path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload refused: %s", problem)
+            log.error("reload refused: the running configuration stays")
+            return False
+        old = self.runtime
+        if _bindings(config) == _bindings(old.config):
+            old.apply(config)
+            if old.admin is not None:
+                old.admin.api.replace_document(document)
+        else:
+            new = Runtime(config, document, reuse_port=self._reuse_port)
+            try:
+                await new.start()
+            except StartupError as exc:
+                log.error("reload refused: %s; the running configuration stays", exc)
+                return False
+            self.runtime = new
+            task = asyncio.get_running_loop().create_task(old.stop(timeout=self._timeout()))
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+        log.info("reloaded %s", self._path)
+        return True
+
+
+def _bindings(config: Config) -> tuple[object, ...]:
+    """Every address a configuration binds: equal bindings can be reloaded in place."""
+    gw = config.gateway
+    lbs = tuple((str(lb.ip), ln.port) for lb in config.load_balancers for ln in lb.listeners)
+    return (
+        gw.listen,
+        tuple((t.listen, t.cert_file, t.key_file) for t in gw.tls),
+        gw.admin_listen,
+        lbs,
+    )
+
+
+def run(path: str, pid_file: str | None) -> int:
+    """Serve ``path`` until told to stop; the exit status for the CLI."""
+    config, document = load_with_state(path)  # ConfigError goes to the CLI (exit 78)
+    workers = config.gateway.worker_count()
+    if pid_file:
+        write_pid_file(pid_file)
+    try:
+        if workers == 1:
+            _serve_here(path, config, document, reuse_port=True, alone=True)
+            return 0
+        return Supervisor(path, config, workers).run()
+    finally:
+        if pid_file:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(pid_file)
+
+
+def _serve_here(
+    path: str, config: Config, document: Document, *, reuse_port: bool, alone: bool
+) -> None:
+    async def main() -> None:
+        worker = Worker(path, config, document, reuse_port=reuse_port, alone=alone)
+        await worker.serve()
+
+    try:
+        import uvloop
+    except ImportError:  # e.g. Windows: the default loop works, only slower
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
+
+
+class Supervisor:
+    """Forks ``workers`` serving processes, restarts the ones that die, relays signals."""
+
+    def __init__(self, path: str, config: Config, workers: int) -> None:
+        self._path = path
+        self._config = config
+        self._workers = workers
+        self._children: dict[int, float] = {}  # pid -> start time
+        self._stopping = False
+        self._interrupts = 0
+
+    def run(self) -> int:
+        for sig in _RELAYED:
+            signal.signal(sig, self._signal)
+        for _ in range(self._workers):
+            self._fork()
+        notify("READY=1")
+        log.info("supervisor %d started %d workers", os.getpid(), self._workers)
+        while self._children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            started = self._children.pop(pid, None)
+            if started is None or self._stopping:
+                continue
+            log.error("worker %d exited (%s); starting another", pid, _describe(status))
+            if time.monotonic() - started < _RESTART_DELAY:
+                time.sleep(_RESTART_DELAY)
+            self._fork()
+        return 0
+
+    def _fork(self) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker: its own loop, default signal dispositions, no supervisor state
+            for sig in _RELAYED:
+                signal.signal(sig, signal.SIG_DFL)
+            code = 0
+            try:
+                config, document = load_with_state(self._path)
+                _serve_here(self._path, config, document, reuse_port=True, alone=False)
+            except (ConfigError, StartupError) as exc:
+                log.error("worker %d cannot start: %s", os.getpid(), exc)
+                code = 3
+            except BaseException:
+                log.exception("worker %d failed", os.getpid())
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self._children[pid] = time.monotonic()
+
+    def _signal(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGHUP:
+            notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        elif signum != signal.SIGUSR1:
+            if signum == signal.SIGINT:
+                self._interrupts += 1
+                # Workers ignore SIGINT (Ctrl-C reaches them too): the first drains them, the
+                # second ends them at once.
+                signum = signal.SIGTERM if self._interrupts < 2 else signal.SIGKILL
+            self._stopping = True
+            notify("STOPPING=1")
+        for pid in list(self._children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        if signum == signal.SIGHUP:
+            notify("READY=1")
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"status {os.WEXITSTATUS(status)}"

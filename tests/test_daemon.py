@@ -1,0 +1,328 @@
+"""`lbproxy run` as a real process: reload under load, a refused reload, graceful drain, worker
+replacement, the pid file and systemd notifications."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Backend, Client, LoopThread, Seen, free_port, gateway_toml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        new_group: bool = False,
+    ) -> None:
+        self.config = config
+        self.stderr = config.with_suffix(".stderr")
+        with self.stderr.open("wb") as err:  # the child holds its own copy
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "lbproxy", "run", "-c", str(config), *args],
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env={**os.environ, **(env or {})},
+                process_group=0 if new_group else None,
+            )
+
+    def log(self) -> str:
+        return self.stderr.read_text()
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.process.send_signal(sig)
+
+    def wait_for_log(self, text: str, seconds: float = 10.0) -> None:
+        deadline = time.monotonic() + seconds
+        while text not in self.log():
+            assert self.process.poll() is None or text in self.log(), self.log()
+            assert time.monotonic() < deadline, f"{text!r} not logged:\n{self.log()}"
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+
+def get(port: int, path: str = "/api/x") -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        client = Client(sock)
+        client.send(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        return client.response()[0].status_code
+
+
+def wait_until_serving(port: int, daemon: Daemon) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            get(port)
+            return
+        except OSError:
+            assert daemon.process.poll() is None, daemon.log()
+            assert time.monotonic() < deadline, daemon.log()
+            time.sleep(0.05)
+
+
+LB_PORT = free_port()
+
+
+def config_text(backends: list[Backend], port: int, extra: str = "") -> str:
+    text = gateway_toml(backends, LB_PORT, extra_api=extra)
+    return text.replace('listen = ["127.0.0.1:0"]', f'listen = ["127.0.0.1:{port}"]')
+
+
+def start(
+    backends: list[Backend], tmp_path: Path, daemons: list[Daemon]
+) -> tuple[int, Path, Daemon]:
+    """A daemon serving ``backends`` on a port of its own, once it answers."""
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(config_text(backends, port))
+    daemon = Daemon(config)
+    daemons.append(daemon)
+    wait_until_serving(port, daemon)
+    return port, config, daemon
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        daemon.stop()
+
+
+V2 = """
+[[api]]
+name = "v2"
+methods = ["GET"]
+path = "/v2/*"
+backend = { type = "vpc", authorization = "to-lb" }
+"""
+
+
+def test_reload_under_load_fails_no_request(
+    backends: list[Backend], tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    port, config, daemon = start(backends, tmp_path, daemons)
+    statuses: Counter[int] = Counter()
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def load() -> None:
+        while not done.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                    client = Client(sock)
+                    for _ in range(20):  # keep-alive connections, renewed now and then
+                        client.send(b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n")
+                        statuses[client.response()[0].status_code] += 1
+            except (OSError, AssertionError) as exc:
+                errors.append(exc)
+
+    runners = [threading.Thread(target=load) for _ in range(4)]
+    for runner in runners:
+        runner.start()
+    for round_ in range(3):
+        time.sleep(0.4)
+        extra = V2 if round_ % 2 == 0 else ""
+        config.write_text(config_text(backends, port, extra=extra))  # same addresses
+        daemon.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while daemon.log().count("reloaded") <= round_:
+            assert time.monotonic() < deadline, daemon.log()
+            time.sleep(0.02)
+    time.sleep(0.4)
+    done.set()
+    for runner in runners:
+        runner.join(20)
+    assert errors == [] and set(statuses) == {200}, (errors[:3], statuses)
+    assert sum(statuses.values()) > 200
+    assert get(port, "/v2/x") == 200  # the last reload's configuration serves
+
+
+def test_a_reload_that_moves_the_listener_serves_the_new_address(
+    backends: list[Backend], tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    port, moved = free_port(), free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(config_text(backends, port))
+    daemon = Daemon(config)
+    daemons.append(daemon)
+    wait_until_serving(port, daemon)
+    config.write_text(config_text(backends, moved))
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for_log("reloaded")
+    wait_until_serving(moved, daemon)
+    deadline = time.monotonic() + 10
+    while True:  # the old runtime drains, then its address is free
+        try:
+            get(port)
+        except OSError:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_a_bad_config_on_sighup_keeps_the_old_one(
+    backends: list[Backend], tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    port, config, daemon = start(backends, tmp_path, daemons)
+    config.write_text(
+        config_text(backends, port).replace('region = "test-region"', "region = 7", 1)
+    )
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for_log("reload refused: the running configuration stays")
+    assert "gateway.region: expected a string" in daemon.log()
+    assert get(port) == 200
+
+
+def test_sigterm_lets_a_slow_request_finish(lt: LoopThread, tmp_path: Path) -> None:
+    async def slow(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(1.0)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+        return True
+
+    backend = Backend("a", handler=slow)
+    lt.run(backend.start())
+    try:
+        port = free_port()
+        config = tmp_path / "gateway.toml"
+        config.write_text(
+            config_text([backend], port).replace(
+                "[gateway]\n", "[gateway]\nshutdown_timeout = 10\n"
+            )
+        )
+        daemon = Daemon(config)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, daemon.log()
+                time.sleep(0.05)
+        client = Client(sock)
+        client.send(b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)  # in flight at the backend
+        daemon.signal(signal.SIGTERM)
+        response, body = client.response()
+        assert (response.status_code, body) == (200, b"slow")
+        sock.close()
+        assert daemon.process.wait(15) == 0
+        assert "finishing in-flight requests" in daemon.log()
+    finally:
+        lt.run(backend.stop())
+
+
+def test_a_killed_worker_is_replaced(
+    backends: list[Backend], tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        config_text(backends, port).replace("[gateway]\n", "[gateway]\nworkers = 2\n")
+    )
+    pid_file = tmp_path / "lbproxy.pid"
+    daemon = Daemon(config, "--pid-file", str(pid_file))
+    daemons.append(daemon)
+    wait_until_serving(port, daemon)
+    assert int(pid_file.read_text()) == daemon.process.pid
+    daemon.wait_for_log("supervisor")
+    workers = _children(daemon.process.pid)
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    daemon.wait_for_log(f"worker {workers[0]} exited (killed by SIGKILL); starting another")
+    deadline = time.monotonic() + 10
+    while len(_children(daemon.process.pid)) != 2:
+        assert time.monotonic() < deadline, daemon.log()
+        time.sleep(0.05)
+    assert {get(port) for _ in range(20)} == {200}
+    assert daemon.stop() == 0
+    assert not pid_file.exists()
+
+
+def _children(pid: int) -> list[int]:
+    """The live (not zombie) children of ``pid``, from /proc."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            kids.append(int(entry))
+    return kids
+
+
+def test_systemd_notifications(backends: list[Backend], tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(config_text(backends, port))
+    notify_path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sink:
+        sink.bind(notify_path)
+        sink.settimeout(15)
+        daemon = Daemon(config, env={"NOTIFY_SOCKET": notify_path})
+        try:
+            assert sink.recv(4096) == b"READY=1"
+            assert get(port) == 200
+            daemon.signal(signal.SIGHUP)
+            assert sink.recv(4096).startswith(b"RELOADING=1\nMONOTONIC_USEC=")
+            assert sink.recv(4096) == b"READY=1"
+            daemon.signal(signal.SIGTERM)
+            assert sink.recv(4096) == b"STOPPING=1"
+        finally:
+            assert daemon.stop() == 0
+
+
+def test_workers_reload_reopen_and_ctrl_c(
+    backends: list[Backend], tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """With a supervisor: SIGUSR1 and SIGHUP reach every worker and kill none; Ctrl-C (SIGINT
+    to the whole process group) drains once rather than counting as a second interrupt."""
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    two = "[gateway]\nworkers = 2\n"
+    config.write_text(config_text(backends, port).replace("[gateway]\n", two))
+    daemon = Daemon(config, new_group=True)
+    daemons.append(daemon)
+    wait_until_serving(port, daemon)
+    daemon.wait_for_log("supervisor")
+    workers = sorted(_children(daemon.process.pid))
+    daemon.signal(signal.SIGUSR1)
+    config.write_text(config_text(backends, port, extra=V2).replace("[gateway]\n", two))
+    daemon.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while daemon.log().count("reloaded") < 2:  # one line per worker
+        assert time.monotonic() < deadline, daemon.log()
+        time.sleep(0.05)
+    assert sorted(_children(daemon.process.pid)) == workers  # SIGUSR1 killed none
+    assert {get(port, "/v2/x") for _ in range(20)} == {200}  # whichever worker answers
+    os.killpg(daemon.process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    assert daemon.process.wait(15) == 0
+    assert "second interrupt" not in daemon.log()
+    assert daemon.log().count("finishing in-flight requests") == 2
