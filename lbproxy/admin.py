@@ -139,6 +139,8 @@ class AuthorizationsAPI:
         self.authorizations = authorizations
         self._runtime.apply(config)
         log.info("authorizations changed: %d now", len(authorizations))
+        if self._runtime.on_change is not None:
+            self._runtime.on_change()
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,9 +170,10 @@ class AdminServer:
     """The admin listener. The authorizations API is built in; other modules (metrics, status)
     add handlers with ``add``, tried in order."""
 
-    def __init__(self, api: AuthorizationsAPI, address: HostPort) -> None:
+    def __init__(self, api: AuthorizationsAPI, address: HostPort, reuse_port: bool = False) -> None:
         self.api = api
         self._address = address
+        self._reuse_port = reuse_port  # every worker answers the admin address
         self._server: asyncio.Server | None = None
         self.address: HostPort | None = None
         self._handlers: list[Handler] = []
@@ -179,7 +182,9 @@ class AdminServer:
         self._handlers.append(handler)
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, *self._address)
+        self._server = await asyncio.start_server(
+            self._serve, *self._address, reuse_address=True, reuse_port=self._reuse_port
+        )
         bound = self._server.sockets[0].getsockname()
         self.address = (bound[0], bound[1])
         log.info("admin API on %s:%d", *self.address)

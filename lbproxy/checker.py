@@ -38,6 +38,7 @@ from lbproxy.health import (
     judge_status,
     next_check_at,
 )
+from lbproxy.metrics import GroupStats
 from lbproxy.pool import check_gate
 
 log = logging.getLogger("lbproxy.health")
@@ -95,7 +96,11 @@ class HealthChecker:
         loop: asyncio.AbstractEventLoop,
         rng: random.Random | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        stats: GroupStats | None = None,
+        source: str | None = None,
     ) -> None:
+        """``stats``: where results and transitions are counted; ``source``: the local address
+        checks connect from (``egress_source``, like the requests)."""
         if len(endpoints) != len(board.table.hosts):
             raise ValueError(
                 f"{name}: {len(endpoints)} endpoint(s) for {len(board.table.hosts)} host(s)"
@@ -109,6 +114,8 @@ class HealthChecker:
         self._loop = loop
         self._rng = rng if rng is not None else random.Random()
         self._ssl = ssl_context
+        self._stats = stats
+        self._local = None if source is None else (source, 0)
         self._tasks: list[asyncio.Task[None]] = []
         # Refusals are logged once per server: the gate and the endpoints come from one
         # config, so a refusal lasts until a reload builds a new checker.
@@ -150,6 +157,8 @@ class HealthChecker:
             # The board's poll logs ejections that ended on their own; any tick will do.
             self._log(self.board.poll(now))
             self._log(self.board.record_check(index, result, now))
+            if self._stats is not None:
+                self._stats.check(index, result.ok)
             at = next_check_at(now, self.check.interval, self._rng)
 
     async def probe(self, index: int) -> CheckResult:
@@ -176,6 +185,7 @@ class HealthChecker:
             # asyncio refuses a server name without TLS; with TLS, None means the address.
             server_hostname=self._host_header if self._ssl is not None else None,
             limit=MAX_STATUS_LINE,
+            local_addr=self._local,
         )
         try:
             if self.check.type == "tcp":
@@ -195,6 +205,8 @@ class HealthChecker:
         for transition in transitions:
             level = logging.WARNING if transition.event in _BAD_NEWS else logging.INFO
             log.log(level, "%s: %s", self.name, transition)
+            if self._stats is not None:
+                self._stats.transition(transition)
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         # Expected failures are check results; anything else is a bug that stopped the

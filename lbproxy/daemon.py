@@ -26,13 +26,18 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
+from collections.abc import Iterator
 
 from lbproxy import __version__
 from lbproxy.config import Config
 from lbproxy.errors import ConfigError, StartupError
+from lbproxy.exporter import MULTIPROC_ENV, Exporter, use_multiprocess, worker_exited
+from lbproxy.metrics import Stats
 from lbproxy.server import Runtime
 from lbproxy.state import Document, load_with_state
 
@@ -76,15 +81,24 @@ class Worker:
         self._path = path
         self._reuse_port = reuse_port
         self._alone = alone
-        self.runtime = Runtime(config, document, reuse_port=reuse_port)
+        # The process's metrics outlive each runtime a reload replaces.
+        self.exporter = Exporter(Stats(), lambda: self.runtime)
+        self.runtime = self._runtime(config, document)
         self._stop = asyncio.Event()
         self._interrupts = 0
         self._retired: set[asyncio.Task[None]] = set()
         self._reloading: set[asyncio.Task[bool]] = set()
 
+    def _runtime(self, config: Config, document: Document) -> Runtime:
+        runtime = Runtime(config, document, reuse_port=self._reuse_port, exporter=self.exporter)
+        if not self._alone:
+            runtime.on_change = _reload_siblings
+        return runtime
+
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         await self.runtime.start()
+        self.exporter.start(loop)
         for sig in (signal.SIGTERM, signal.SIGQUIT):
             loop.add_signal_handler(sig, self._stop.set)
         if self._alone:
@@ -105,6 +119,7 @@ class Worker:
         log.info("stopping: finishing in-flight requests (at most %gs)", self._timeout())
         await self.runtime.stop(timeout=self._timeout())
         await asyncio.gather(*self._retired)
+        self.exporter.stop()
 
     def _notify(self, message: str) -> None:
         if self._alone:
@@ -131,9 +146,11 @@ class Worker:
     async def reload(self) -> bool:
         """Read and validate the configuration again; keep the old one if it is bad."""
         self._notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        ok = False
         try:
             ok = await self._reload()
         finally:
+            self.exporter.stats.reload(ok)
             self._notify("READY=1")
         return ok
 
@@ -151,7 +168,7 @@ class Worker:
             if old.admin is not None:
                 old.admin.api.replace_document(document)
         else:
-            new = Runtime(config, document, reuse_port=self._reuse_port)
+            new = self._runtime(config, document)
             try:
                 await new.start()
             except StartupError as exc:
@@ -163,6 +180,12 @@ class Worker:
             task.add_done_callback(self._retired.discard)
         log.info("reloaded %s", self._path)
         return True
+
+
+def _reload_siblings() -> None:
+    """The admin API changed the state file in this worker: the supervisor has every worker
+    read it again (this one too, which finds nothing new)."""
+    os.kill(os.getppid(), signal.SIGHUP)
 
 
 def _bindings(config: Config) -> tuple[object, ...]:
@@ -187,11 +210,27 @@ def run(path: str, pid_file: str | None) -> int:
         if workers == 1:
             _serve_here(path, config, document, reuse_port=True, alone=True)
             return 0
-        return Supervisor(path, config, workers).run()
+        with _metrics_directory():
+            return Supervisor(path, config, workers).run()
     finally:
         if pid_file:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(pid_file)
+
+
+@contextlib.contextmanager
+def _metrics_directory() -> Iterator[None]:
+    """Workers keep their metrics in files, summed at each scrape: in PROMETHEUS_MULTIPROC_DIR
+    when the operator names one (systemd's RuntimeDirectory, say), else a directory of our own
+    removed at exit."""
+    given = os.environ.get(MULTIPROC_ENV)
+    directory = given or tempfile.mkdtemp(prefix="lbproxy-metrics-")
+    use_multiprocess(directory)
+    try:
+        yield
+    finally:
+        if not given:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _serve_here(
@@ -235,7 +274,10 @@ class Supervisor:
             except InterruptedError:
                 continue
             started = self._children.pop(pid, None)
-            if started is None or self._stopping:
+            if started is None:
+                continue
+            worker_exited(pid)
+            if self._stopping:
                 continue
             log.error("worker %d exited (%s); starting another", pid, _describe(status))
             if time.monotonic() - started < _RESTART_DELAY:

@@ -42,6 +42,9 @@ class HTTPError(LBProxyError):
 
     status = 500
     reason = "internal_error"
+    # Why the gateway refused a request itself (metrics: lbproxy_rejected_requests_total), or
+    # None for an upstream's failure, which is not a refusal.
+    rejection: str | None = None
     # Extra response headers (name, value), e.g. Retry-After or X-Ca-Error-Message.
     headers: tuple[tuple[bytes, bytes], ...] = ()
 
@@ -53,16 +56,19 @@ class HTTPError(LBProxyError):
 class BadRequest(HTTPError):
     status = 400
     reason = "bad_request"
+    rejection = "bad_request"
 
 
 class NotFound(HTTPError):
     status = 404
     reason = "no_route"
+    rejection = "no_route"
 
 
 class MethodNotAllowed(HTTPError):
     status = 405
     reason = "method_not_allowed"
+    rejection = "no_route"
 
     def __init__(self, allowed: tuple[str, ...], detail: str = "") -> None:
         self.allowed = allowed
@@ -72,11 +78,13 @@ class MethodNotAllowed(HTTPError):
 class Forbidden(HTTPError):
     status = 403
     reason = "forbidden"
+    rejection = "acl"
 
 
 class TooManyRequests(HTTPError):
     status = 429
     reason = "rate_limited"
+    rejection = "throttled"
 
     def __init__(self, retry_after: int, detail: str) -> None:
         super().__init__(detail)
@@ -86,21 +94,25 @@ class TooManyRequests(HTTPError):
 class RequestTimeout(HTTPError):
     status = 408
     reason = "request_timeout"
+    rejection = "limits"
 
 
 class PayloadTooLarge(HTTPError):
     status = 413
     reason = "body_too_large"
+    rejection = "limits"
 
 
 class HeadersTooLarge(HTTPError):
     status = 431
     reason = "headers_too_large"
+    rejection = "limits"
 
 
 class NotImplementedByGateway(HTTPError):
     status = 501
     reason = "not_implemented"
+    rejection = "bad_request"
 
 
 class BadGateway(HTTPError):
@@ -110,6 +122,7 @@ class BadGateway(HTTPError):
 
 class UpstreamNotAuthorized(BadGateway):
     reason = "upstream_not_authorized"
+    rejection = "authorization_gate"
 
 
 class UpstreamConnectFailed(BadGateway):
@@ -135,6 +148,7 @@ class ServiceUnavailable(HTTPError):
 
 class ShuttingDown(ServiceUnavailable):
     reason = "shutting_down"
+    rejection = "shutting_down"
 
 
 class GatewayTimeout(HTTPError):

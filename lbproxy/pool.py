@@ -161,6 +161,9 @@ class ServerPool:
         idle, self._idle = self._idle, []
         return idle
 
+    def idle_count(self) -> int:
+        return len(self._idle)
+
     def __repr__(self) -> str:
         state = f"{self.active} active, {len(self._idle)} idle"
         if self.opening:
@@ -210,6 +213,22 @@ class PoolSet:
 
     def expired(self, now: float) -> list[PooledConnection]:
         return [c for pool in self._pools.values() for c in pool.expired(now)]
+
+    def pools_of(self, endpoint: Endpoint) -> list[ServerPool]:
+        """The server's pools made so far (one per TLS setting it is reached with), for status
+        pages; unlike ``pool``, makes none."""
+        where = (endpoint.ip, endpoint.port)
+        return [pool for (ip, port, _), pool in self._pools.items() if (ip, port) == where]
+
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """Connections in use and idle by server address ``ip:port`` (TLS settings summed),
+        for metrics."""
+        counts: dict[str, tuple[int, int]] = {}
+        for (ip, port, _), pool in self._pools.items():
+            address = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+            active, idle = counts.get(address, (0, 0))
+            counts[address] = (active + pool.active, idle + pool.idle_count())
+        return counts
 
     def drain(self) -> list[PooledConnection]:
         return [c for pool in self._pools.values() for c in pool.drain()]

@@ -18,6 +18,7 @@ import itertools
 import logging
 import os
 from collections import deque
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from lbproxy import framing
@@ -33,9 +34,10 @@ from lbproxy.errors import (
 )
 from lbproxy.framing import BODY_CHUNKED, BODY_NONE, RequestHead, ResponseHead
 from lbproxy.http import request_parser
+from lbproxy.recording import CLIENT_CLOSED, Recording
 from lbproxy.responses import error_response
 from lbproxy.router import request_path
-from lbproxy.tries import PAUSE_CONNECTING, UpstreamTries
+from lbproxy.tries import PAUSE_CONNECTING
 
 if TYPE_CHECKING:
     from lbproxy.routes import RelayContext, Route
@@ -66,7 +68,7 @@ _REQUEST_ID_PREFIX = os.urandom(6).hex().encode()
 _request_numbers = itertools.count(1)
 
 
-class ClientConnection(UpstreamTries, asyncio.Protocol):
+class ClientConnection(Recording, asyncio.Protocol):
     __slots__ = (
         "_body_limit",
         "_body_seen",
@@ -111,6 +113,11 @@ class ClientConnection(UpstreamTries, asyncio.Protocol):
         # Response bytes of one upstream read, written to the client in one send.
         self.wbuf: list[bytes] = []
         self._connect_task = None
+        self._bytes_in = 0
+        self._started = 0.0  # the exchange's record (recording.py says what each slot is)
+        self._status = 0
+        self._server = -1
+        self._connect_time = -1.0
         self._reset()
 
     def _reset(self) -> None:
@@ -131,6 +138,11 @@ class ClientConnection(UpstreamTries, asyncio.Protocol):
         self._failover = None
         self._resend = None
         self._resend_size = 0
+        # The record's (recording.py): _status, _server and _connect_time are set before
+        # they are read, by the answer and the tries.
+        self._error = None
+        self._bytes_out = 0
+        self._tries = 0
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -140,12 +152,18 @@ class ClientConnection(UpstreamTries, asyncio.Protocol):
         client_ip = (peer[0] if peer else "unknown").removeprefix("::ffff:")
         self._client_ip = client_ip.encode()
         self._ctx.connections.add(self)
+        self._ctx.stats.connections += 1
         self._deadline.set_in(self._ctx.gateway.client_header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._ctx.connections.discard(self)
         self._closing = True
         self.transport = None
+        if self._started:  # the client left before its answer ended
+            if not self._response_started:
+                self._status = CLIENT_CLOSED
+            self._error = "client_closed"
+            self._record()
         self._settle()
         self._deadline.cancel()
         if self._connect_task is not None:
@@ -160,6 +178,7 @@ class ClientConnection(UpstreamTries, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing or self._input_broken:
             return
+        self._bytes_in += len(data)
         if self._head_state == _HEAD_NONE and self._head is None and not self._pending:
             self._head_state = _HEAD_BEGUN
         try:
@@ -171,6 +190,7 @@ class ClientConnection(UpstreamTries, asyncio.Protocol):
                 self._pending.append((_ERROR, exc))
                 self._pause(_PAUSE_PIPELINE)
             else:
+                self._started = perf_counter()  # recorded with "-" for what it lacks
                 self._fail_request(exc, close=True)
             return
         if self._head_state == _HEAD_BEGUN and not self._closing:
@@ -254,6 +274,11 @@ class ClientConnection(UpstreamTries, asyncio.Protocol):
 
     def _start(self, head: RequestHead) -> None:
         ctx = self._ctx
+        self._started = self._try_at = perf_counter()
+        self._target = head.target
+        # Unique, not secret: a per-process random prefix and a counter cost no syscall.
+        request_id = head.request_id or b"%b%012x" % (_REQUEST_ID_PREFIX, next(_request_numbers))
+        self._request_id = request_id
         self._head = head
         self._head_state = _HEAD_NONE
         self._keep_alive = head.keep_alive
@@ -264,6 +289,7 @@ class ClientConnection(UpstreamTries, asyncio.Protocol):
             # Source lists first: a denied client learns nothing, not even which paths exist.
             client = guard.admit(self._client_ip.decode(), head) if guard is not None else None
             route = ctx.resolve(head.method, request_path(head.target))
+            self._route = route  # refusals from here on are counted under the API
             if route.guard is not None:
                 client = client or self._client_ip.decode()
                 route.guard.admit(client, head, ctx.loop.time())
@@ -278,10 +304,7 @@ class ClientConnection(UpstreamTries, asyncio.Protocol):
             # The body (if any) was not read: the connection cannot carry another request.
             self._fail_request(exc, close=head.has_body())
             return
-        self._route = route
         self._body_limit = limit
-        # Unique, not secret: a per-process random prefix and a counter cost no syscall.
-        request_id = head.request_id or b"%b%012x" % (_REQUEST_ID_PREFIX, next(_request_numbers))
         xff = (
             self._client_ip
             if head.forwarded_for is None
@@ -352,6 +375,7 @@ class ClientConnection(UpstreamTries, asyncio.Protocol):
         if group is not None and (group.board.troubled or group.board.fail_statuses):
             self._report_status(group, head.status)
         self._upstream_keep_alive = head.keep_alive
+        self._status = head.status
         keep_alive = self._keep_alive and not self._closing
         if self._ctx.draining and not self._pending:
             keep_alive = False
@@ -380,6 +404,7 @@ class ClientConnection(UpstreamTries, asyncio.Protocol):
             return
         data = wbuf[0] if len(wbuf) == 1 else b"".join(wbuf)
         wbuf.clear()
+        self._bytes_out += len(data)
         if self.transport is not None:
             self.transport.write(data)
 
@@ -388,8 +413,11 @@ class ClientConnection(UpstreamTries, asyncio.Protocol):
         if self._resp_mode == BODY_CHUNKED:
             wbuf.append(framing.LAST_CHUNK)
         if wbuf and self.transport is not None:  # flush(), inline on the hot path
-            self.transport.write(wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))
+            data = wbuf[0] if len(wbuf) == 1 else b"".join(wbuf)
+            self._bytes_out += len(data)
+            self.transport.write(data)
         wbuf.clear()
+        self._record()
         upstream = self._upstream
         self._upstream = None
         if upstream is not None:
@@ -406,6 +434,8 @@ class ClientConnection(UpstreamTries, asyncio.Protocol):
         if self._response_started:
             # Part of a response is out: a client must see a truncated message, never a spliced
             # one, so the connection ends here.
+            self._error = error.reason
+            self._record()
             self._close()
             return
         self._fail_request(error, close=not self._request_done)
@@ -418,6 +448,7 @@ class ClientConnection(UpstreamTries, asyncio.Protocol):
 
     def _on_client_timeout(self) -> None:
         if self._head_state != _HEAD_NONE and self.transport is not None:
+            self._ctx.stats.reject("limits")
             timeout = self._ctx.gateway.client_header_timeout
             error = RequestTimeout(f"request head not received in {timeout:g}s")
             self.transport.write(error_response(error, None, keep_alive=False))
@@ -441,10 +472,17 @@ class ClientConnection(UpstreamTries, asyncio.Protocol):
         if isinstance(error, BadRequest | ShuttingDown) or head is None:
             close = True
         keep = self._keep_alive and not close
+        if error.rejection is not None:
+            self._ctx.stats.reject(error.rejection)
         transport = self.transport
         if transport is not None and not self._response_started:
             request_id = head.request_id if head is not None else None
-            transport.write(error_response(error, request_id, keep))
+            data = error_response(error, request_id, keep)
+            self._bytes_out += len(data)
+            transport.write(data)
+            self._status = error.status
+        self._error = error.reason
+        self._record()
         if not keep:
             self._close()
             return

@@ -9,12 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from lbproxy.accesslog import AccessLog
 from lbproxy.authz import Endpoint, Reach, ReachabilityTable, build_reachability, listener_key
 from lbproxy.balancer import make_scheduler
 from lbproxy.config import Api, Authorization, Config, GatewayConfig, Listener, ServerRef
 from lbproxy.guard import Guard, ListenerGuard, build_guards
 from lbproxy.health import Event, HealthBoard, Transition
 from lbproxy.hosts import Availability, Host, HostTable
+from lbproxy.metrics import ApiStats, Stats
 from lbproxy.pool import PoolSet, PublicOnly, UpstreamTLS
 from lbproxy.retry import RetryBudget
 from lbproxy.router import Router
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from lbproxy.relay import ClientConnection
 
 log = logging.getLogger("lbproxy.health")
+_BAD_NEWS = frozenset({Event.DOWN, Event.EJECTED})
 
 
 class ServerGroup:
@@ -40,10 +43,17 @@ class ServerGroup:
         "listener",
         "name",
         "pick",
+        "stats",
         "table",
     )
 
-    def __init__(self, name: str, endpoints: tuple[Endpoint, ...], listener: Listener) -> None:
+    def __init__(
+        self,
+        name: str,
+        endpoints: tuple[Endpoint, ...],
+        listener: Listener,
+        stats: Stats | None = None,
+    ) -> None:
         self.name = name
         self.endpoints = endpoints
         self.listener = listener
@@ -52,6 +62,8 @@ class ServerGroup:
             for e, s in zip(endpoints, listener.servers, strict=True)
         ]
         self.table = HostTable(hosts, listener.slow_start)
+        # What its servers did, for metrics (kept across reloads by the process's Stats).
+        self.stats = (stats or Stats()).group(name, [h.name for h in hosts])
         self.board = HealthBoard(self.table, listener.passive, listener.health_check)
         self.budget = RetryBudget(listener.retry.budget)
         # pick(now, tried=0) -> host index, or None once every server was tried.
@@ -68,10 +80,17 @@ class ServerGroup:
             self.check_reach, self.check_host, self.check_tls = reach, reach.host, tls
 
     def report_success(self, index: int, now: float) -> None:
-        _log_transitions(self.board.record_success(index, now))
+        self.note(self.board.record_success(index, now))
 
     def report_failure(self, index: int, reason: str, now: float) -> None:
-        _log_transitions(self.board.record_failure(index, reason, now))
+        self.note(self.board.record_failure(index, reason, now))
+
+    def note(self, transitions: tuple[Transition, ...]) -> None:
+        """Log and count health transitions."""
+        for transition in transitions:
+            level = logging.WARNING if transition.event in _BAD_NEWS else logging.INFO
+            log.log(level, "%s: %s", self.name, transition)
+            self.stats.transition(transition)
 
     def is_failing_open(self, now: float) -> bool:
         """Every server is down (or ejected): requests try them all anyway."""
@@ -79,12 +98,6 @@ class ServerGroup:
 
     def __repr__(self) -> str:
         return f"<ServerGroup {self.name} {self.table!r}>"
-
-
-def _log_transitions(transitions: tuple[Transition, ...]) -> None:
-    for transition in transitions:
-        level = logging.WARNING if transition.event is Event.EJECTED else logging.INFO
-        log.log(level, "%s", transition)
 
 
 def _tls(auth: Authorization, made: dict[str, UpstreamTLS | None]) -> UpstreamTLS | None:
@@ -99,7 +112,13 @@ def _tls(auth: Authorization, made: dict[str, UpstreamTLS | None]) -> UpstreamTL
 
 
 def _http_route(
-    api: Api, max_body: int, public_only: PublicOnly, guard: Guard | None, source: str | None
+    api: Api,
+    max_body: int,
+    public_only: PublicOnly,
+    *,
+    guard: Guard | None,
+    source: str | None,
+    stats: Stats,
 ) -> Route:
     """The route of an http/https backend: one server named by its URL's host, resolved and
     judged at each connect (never a private address unless ``http_backend_allow`` says so)."""
@@ -113,7 +132,7 @@ def _http_route(
     if backend.type == "https":
         context = ssl.create_default_context(cafile=backend.ca_file)
         tls = UpstreamTLS(context, url.host)
-    group = ServerGroup(scope, (endpoint,), _single_server(endpoint))
+    group = ServerGroup(scope, (endpoint,), _single_server(endpoint), stats)
     group.adopt(reach, tls)
     return Route.build(
         api.name,
@@ -127,6 +146,7 @@ def _http_route(
         base_path=url.base_path.encode(),
         public_only=public_only,
         source=source,
+        stats=stats,
     )
 
 
@@ -153,6 +173,7 @@ class Route:
     base_path: bytes = b""
     public_only: PublicOnly | None = None
     source: str | None = None  # egress_source: the local address upstream connects bind to
+    stats: ApiStats = field(default_factory=lambda: ApiStats(""))
 
     @classmethod
     def build(
@@ -169,6 +190,7 @@ class Route:
         base_path: bytes = b"",
         public_only: PublicOnly | None = None,
         source: str | None = None,
+        stats: Stats | None = None,
     ) -> Route:
         per_try = group.listener.retry.try_timeout
         try_timeout = timeout if per_try is None else min(timeout, per_try)
@@ -185,6 +207,7 @@ class Route:
             base_path,
             public_only,
             source,
+            (stats or Stats()).api(name),
         )
 
 
@@ -203,6 +226,8 @@ class RelayContext:
     forwarded_proto: bytes = b"http"  # https on TLS listeners
     # Set when the runtime stops: answered exchanges end their connection, new requests get 503.
     draining: bool = False
+    stats: Stats = field(default_factory=Stats)  # the process's counts, for metrics
+    access_log: AccessLog | None = None  # None: off
 
 
 @dataclass(slots=True)
@@ -214,10 +239,14 @@ class RouteTable:
     guard: ListenerGuard | None = None
 
 
-def build_routes(config: Config, previous: RouteTable | None = None) -> RouteTable:
+def build_routes(
+    config: Config, previous: RouteTable | None = None, stats: Stats | None = None
+) -> RouteTable:
     """The routes of ``config``. With ``previous`` (a runtime change), server groups whose
     servers and listener settings are unchanged are kept, with their health and balancing
-    state, so a change of authorizations does not forget what health checks learnt."""
+    state, so a change of authorizations does not forget what health checks learnt. ``stats``:
+    the process's counts, which routes and groups count into."""
+    stats = stats or Stats()
     table = build_reachability(config)
     groups: dict[str, ServerGroup] = {}
     kept = previous.groups if previous is not None else {}
@@ -226,7 +255,7 @@ def build_routes(config: Config, previous: RouteTable | None = None) -> RouteTab
         old = kept.get(name)
         if old is not None and old.endpoints == endpoints and old.listener == listener:
             return old
-        return ServerGroup(name, endpoints, listener)
+        return ServerGroup(name, endpoints, listener, stats)
 
     gw = config.gateway
     listener_routes = {}
@@ -245,6 +274,7 @@ def build_routes(config: Config, previous: RouteTable | None = None) -> RouteTab
             host=None,
             timeout=gw.upstream_timeout,
             max_body=gw.max_body_size,
+            stats=stats,
         )
     api_routes = []
     tls_for: dict[str, UpstreamTLS | None] = {}
@@ -254,7 +284,9 @@ def build_routes(config: Config, previous: RouteTable | None = None) -> RouteTab
     for api in config.apis:
         body = gw.max_body_size if api.max_body_size is None else api.max_body_size
         if not api.backend.is_vpc():
-            route = _http_route(api, body, public_only, guards.get(api.name), source)
+            route = _http_route(
+                api, body, public_only, guard=guards.get(api.name), source=source, stats=stats
+            )
             groups[route.group.name] = route.group
             api_routes.append((api.methods, api.path, route))
             continue
@@ -281,6 +313,7 @@ def build_routes(config: Config, previous: RouteTable | None = None) -> RouteTab
             tls=tls,
             guard=guards.get(api.name),
             source=source,
+            stats=stats,
         )
         api_routes.append((api.methods, api.path, route))
     return RouteTable(table, Router(api_routes), listener_routes, groups, listener_guard)

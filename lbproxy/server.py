@@ -1,6 +1,6 @@
-"""A ``Runtime`` built from a ``Config``: the listeners, the routes and the pools, started and
-stopped as one. The CLI drives it from the outside (signals; workers and hot reload are to come
-in a daemon module)."""
+"""A ``Runtime`` built from a ``Config``: the listeners, the routes, the pools, the health
+checks, the admin listener, metrics and the access log, started and stopped as one. The daemon
+(daemon.py) drives it from the outside: signals, workers, reloads."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lbproxy.accesslog import AccessLog
+from lbproxy.accesslog import AccessLog, open_access_log
 from lbproxy.admin import AdminServer, AuthorizationsAPI
 from lbproxy.authz import listener_key
 from lbproxy.checker import HealthChecker
 from lbproxy.config import Config, GatewayConfig, HostPort, TlsListener
 from lbproxy.errors import StartupError
+from lbproxy.exporter import Exporter
+from lbproxy.metrics import Stats
 from lbproxy.pool import PoolSet
 from lbproxy.relay import ClientConnection
 from lbproxy.routes import RelayContext, Route, RouteTable, ServerGroup, build_routes
@@ -63,17 +65,26 @@ def _bind_error(address: HostPort, exc: OSError) -> StartupError:
 
 class Runtime:
     def __init__(
-        self, config: Config, document: Document | None = None, *, reuse_port: bool = False
+        self,
+        config: Config,
+        document: Document | None = None,
+        *,
+        reuse_port: bool = False,
+        exporter: Exporter | None = None,
     ) -> None:
         """``document``: the configuration file as parsed TOML, which the admin API needs to
         validate changes like the file; without it the admin listener is not started.
         ``reuse_port``: bind the listeners with SO_REUSEPORT, so that several worker processes
-        can each accept on the same addresses."""
+        can each accept on the same addresses. ``exporter``: the process's metrics, when they
+        outlive this runtime (a reload that rebinds starts another); by default its own."""
         self.config = config
         self._reuse_port = reuse_port
         self._document = document
         self.admin: AdminServer | None = None
-        self.routes: RouteTable = build_routes(config)
+        self._own_exporter = exporter is None
+        self.exporter = exporter if exporter is not None else Exporter(Stats(), lambda: self)
+        self.stats = self.exporter.stats
+        self.routes: RouteTable = build_routes(config, stats=self.stats)
         gw = config.gateway
         self.pools = PoolSet(gw.upstream_max_idle, gw.upstream_idle_timeout)
         self._servers: list[asyncio.Server] = []
@@ -84,6 +95,9 @@ class Runtime:
         self._api_contexts: list[RelayContext] = []
         self.addresses: list[HostPort] = []
         self.access_log: AccessLog | None = None
+        # Called after the admin API changed the authorizations (and saved them): the daemon
+        # has the other workers read them.
+        self.on_change: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         conns = sum(len(c.connections) for c in self._contexts)
@@ -91,9 +105,13 @@ class Runtime:
 
     def _context(self, loop: asyncio.AbstractEventLoop, resolve: Resolver) -> RelayContext:
         gw = self.config.gateway
-        ctx = RelayContext(loop, gw, gw.http_parser, self.pools, resolve)
+        ctx = RelayContext(loop, gw, gw.http_parser, self.pools, resolve, stats=self.stats)
+        ctx.access_log = self.access_log
         self._contexts.append(ctx)
         return ctx
+
+    def client_connections(self) -> int:
+        return sum(len(ctx.connections) for ctx in self._contexts)
 
     def reopen_logs(self) -> None:
         """SIGUSR1: reopen the access log file (after logrotate moved it)."""
@@ -103,7 +121,9 @@ class Runtime:
     def apply(self, config: Config) -> None:
         """Take ``config``'s authorizations and APIs for new requests; requests in flight keep
         the routes they started with. Load balancer listeners are not rebound here."""
-        routes = build_routes(config, previous=self.routes)
+        routes = build_routes(config, previous=self.routes, stats=self.stats)
+        if config.gateway.access_log != self.config.gateway.access_log:
+            self._switch_access_log(open_access_log(config.gateway.access_log))
         self.config = config
         self.routes = routes
         for ctx in self._api_contexts:
@@ -118,8 +138,16 @@ class Runtime:
             task.add_done_callback(self._stopping.discard)
         self._start_checks(loop)
 
+    def _switch_access_log(self, new: AccessLog | None) -> None:
+        old, self.access_log = self.access_log, new
+        for ctx in self._contexts:
+            ctx.access_log = new
+        if old is not None:
+            old.close(timeout=0)  # its thread writes what is queued, then ends
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self.access_log = open_access_log(self.config.gateway.access_log)
         api_ctx = self._context(loop, self.routes.api_router.match)
         api_ctx.guard = self.routes.guard
         self._api_contexts.append(api_ctx)
@@ -144,6 +172,8 @@ class Runtime:
             raise
         self._sweeper = loop.call_later(_SWEEP_INTERVAL, self._sweep)
         self._start_checks(loop)
+        if self._own_exporter:
+            self.exporter.start(loop)
         await self._start_admin()
 
     async def _start_admin(self) -> None:
@@ -151,7 +181,8 @@ class Runtime:
         if gw.admin_listen is None or self._document is None:
             return
         api = AuthorizationsAPI(self, self._document, state_path(self.config), admin_token(gw))
-        self.admin = AdminServer(api, gw.admin_listen)
+        self.admin = AdminServer(api, gw.admin_listen, self._reuse_port)
+        self.admin.add(self.exporter.handler())
         try:
             await self.admin.start()
         except OSError as exc:
@@ -159,6 +190,7 @@ class Runtime:
             raise _bind_error(gw.admin_listen, exc) from exc
 
     def _start_checks(self, loop: asyncio.AbstractEventLoop) -> None:
+        gw = self.config.gateway
         checked = {id(c.group) for c in self.checkers}
         for group in self.routes.groups.values():
             check = group.listener.health_check
@@ -174,6 +206,8 @@ class Runtime:
                 host_header=group.check_host,
                 loop=loop,
                 ssl_context=None if tls is None else tls.context,
+                stats=group.stats,
+                source=None if gw.egress_source is None else str(gw.egress_source),
             )
             checker.start()
             self.checkers.append(_Checked(group, checker))
@@ -235,6 +269,11 @@ class Runtime:
         for idle in self.pools.drain():
             idle.close()
         self._servers.clear()
+        if self._own_exporter:
+            self.exporter.stop()
+        if self.access_log is not None:
+            # Writes what is queued; a writer stuck on a full pipe does not hold the exit.
+            await asyncio.to_thread(self.access_log.close)
 
 
 @dataclass(frozen=True, slots=True)

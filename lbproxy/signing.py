@@ -100,6 +100,8 @@ class SignatureError(HTTPError):
     """A signed request refused: ``status``, ``message`` (the ``X-Ca-Error-Message`` value) and,
     when it got that far, the server's ``string_to_sign``."""
 
+    rejection = "signature"
+
     def __init__(self, status: int, message: str, string_to_sign: bytes | None = None) -> None:
         self.status = status
         self.reason = _REASONS.get(status, "unauthorized")

@@ -17,6 +17,7 @@ clears them with the rest of the exchange.
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from lbproxy.errors import GatewayTimeout, HTTPError
@@ -40,12 +41,16 @@ PAUSE_CONNECTING = 4
 class UpstreamTries:
     __slots__ = (
         "_connect_task",
+        "_connect_time",
         "_failover",
         "_group",
         "_host",
         "_resend",
         "_resend_size",
         "_send_buffer",
+        "_server",
+        "_tries",
+        "_try_at",
         "_upstream",
     )
 
@@ -61,6 +66,12 @@ class UpstreamTries:
     _failover: Failover | None
     _resend: list[bytes] | None
     _resend_size: int
+    # For the exchange's record (recording.py): the last server tried, the number of tries,
+    # when the last one began (perf_counter) and its connect time (-1.0: a pooled connection).
+    _server: int
+    _tries: int
+    _try_at: float
+    _connect_time: float
 
     if TYPE_CHECKING:
         # ClientConnection's state and methods, which the tries read and call.
@@ -85,7 +96,8 @@ class UpstreamTries:
         group = self._group
         head = self._head
         assert route is not None and group is not None and head is not None
-        self._host = host
+        self._host = self._server = host
+        self._tries += 1
         group.table.hosts[host].in_flight += 1  # what least_conn weighs
         endpoint = group.endpoints[host]
         try:
@@ -98,6 +110,8 @@ class UpstreamTries:
             return
         self._deadline.set_in(route.try_timeout)
         if upstream is not None:
+            group.stats.reused[host] += 1
+            self._connect_time = -1.0
             self._upstream = upstream
             # A client that cannot take more response bytes now holds the response back. Self
             # is the ClientConnection, an UpstreamClient; cast() would cost a call per request.
@@ -110,6 +124,7 @@ class UpstreamTries:
         ctx = self._ctx
         route = self._route
         assert route is not None
+        began = perf_counter()
         try:
             upstream = await open_connection(
                 ctx.pools,
@@ -127,6 +142,11 @@ class UpstreamTries:
             self._try_failed(exc, connect_failure(exc))
             return
         self._connect_task = None
+        self._connect_time = took = perf_counter() - began
+        group, host = self._group, self._host
+        if group is not None and host >= 0:
+            group.stats.created[host] += 1
+            group.stats.connect_time[host].observe(took)
         buffered = self._send_buffer
         if self._closing or buffered is None:
             upstream.release(reusable=True)
@@ -141,6 +161,8 @@ class UpstreamTries:
         group = self._group
         host = self._host
         head = self._head
+        if group is not None and host >= 0:
+            group.stats.error(host, error.reason if failure is None else failure.value)
         if group is None or head is None or failure is None or host < 0:
             self._upstream_error(error)
             return
@@ -162,6 +184,8 @@ class UpstreamTries:
             self._connect_task.cancel()
             self._connect_task = None
         self._send_buffer = None
+        group.stats.retry(failure.value)
+        self._try_at = perf_counter()
         self._try(following[0], b"".join(resend), fresh=following[1])
 
     def on_upstream_error(self, error: HTTPError) -> None:
