@@ -164,7 +164,11 @@ class Worker:
             return False
         old = self.runtime
         if _bindings(config) == _bindings(old.config):
-            old.apply(config)
+            try:
+                old.apply(config)
+            except StartupError as exc:
+                log.error("reload refused: %s; the running configuration stays", exc)
+                return False
             if old.admin is not None:
                 old.admin.api.replace_document(document)
         else:

@@ -93,6 +93,7 @@ class Runtime:
         self.checkers: list[_Checked] = []
         self._stopping: set[asyncio.Task[None]] = set()
         self._api_contexts: list[RelayContext] = []
+        self._lb_contexts: dict[HostPort, RelayContext] = {}  # load balancer listeners' own
         self.addresses: list[HostPort] = []
         self.access_log: AccessLog | None = None
         # Called after the admin API changed the authorizations (and saved them): the daemon
@@ -123,12 +124,18 @@ class Runtime:
         the routes they started with. Load balancer listeners are not rebound here."""
         routes = build_routes(config, previous=self.routes, stats=self.stats)
         if config.gateway.access_log != self.config.gateway.access_log:
+            # StartupError when the new file cannot be opened: nothing was changed yet.
             self._switch_access_log(open_access_log(config.gateway.access_log))
         self.config = config
         self.routes = routes
         for ctx in self._api_contexts:
             ctx.resolve = routes.api_router.match
             ctx.guard = routes.guard
+        for lb in config.load_balancers:  # at the addresses bound already (the daemon checks)
+            for listener in lb.listeners:
+                fixed = self._lb_contexts.get((str(lb.ip), listener.port))
+                if fixed is not None:
+                    fixed.resolve = _fixed(routes.listener_routes[listener_key(lb, listener)])
         loop = asyncio.get_running_loop()
         live = {id(g) for g in routes.groups.values()}
         for checker in [c for c in self.checkers if id(c.group) not in live]:
@@ -166,6 +173,7 @@ class Runtime:
                 for listener in lb.listeners:
                     route = self.routes.listener_routes[listener_key(lb, listener)]
                     ctx = self._context(loop, _fixed(route))
+                    self._lb_contexts[(str(lb.ip), listener.port)] = ctx
                     await self._listen(loop, ctx, (str(lb.ip), listener.port))
         except StartupError:
             await self.stop()

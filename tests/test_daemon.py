@@ -326,3 +326,17 @@ def test_workers_reload_reopen_and_ctrl_c(
     assert daemon.process.wait(15) == 0
     assert "second interrupt" not in daemon.log()
     assert daemon.log().count("finishing in-flight requests") == 2
+
+
+def test_a_reload_in_place_changes_the_servers_of_a_load_balancer_listener(
+    backends: list[Backend], tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """The load balancer's own listener (not only the APIs) takes the new server list."""
+    port, config, daemon = start(backends, tmp_path, daemons)
+    first = backends[0]
+    config.write_text(config_text([first], port))  # same addresses: reloaded in place
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for_log("reloaded")
+    served = len(first.seen)
+    assert {get(LB_PORT, "/x") for _ in range(12)} == {200}
+    assert len(first.seen) - served == 12  # all of them: the others left the listener
