@@ -44,7 +44,10 @@ from lbproxy.state import Document, load_with_state
 log = logging.getLogger("lbproxy")
 # The signals a supervisor passes on to its workers.
 _RELAYED = (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
-_RESTART_DELAY = 1.0  # a worker dying at once again is not restarted in a tight loop
+_RESTART_DELAY = 1.0
+# How long a draining runtime keeps idle keep-alive connections for a last request (answered
+# with Connection: close): a busy client sends one within this; an idle one is closed after.
+IDLE_GRACE = 1.0  # a worker dying at once again is not restarted in a tight loop
 
 
 def notify(message: str) -> None:
@@ -117,7 +120,7 @@ class Worker:
         await self._stop.wait()
         self._notify("STOPPING=1")
         log.info("stopping: finishing in-flight requests (at most %gs)", self._timeout())
-        await self.runtime.stop(timeout=self._timeout())
+        await self.runtime.stop(timeout=self._timeout(), idle_grace=IDLE_GRACE)
         await asyncio.gather(*self._retired)
         self.exporter.stop()
 
@@ -174,12 +177,14 @@ class Worker:
         else:
             new = self._runtime(config, document)
             try:
-                await new.start()
+                await new.start(inherit=old.listening())
             except StartupError as exc:
                 log.error("reload refused: %s; the running configuration stays", exc)
                 return False
             self.runtime = new
-            task = asyncio.get_running_loop().create_task(old.stop(timeout=self._timeout()))
+            task = asyncio.get_running_loop().create_task(
+                old.stop(timeout=self._timeout(), idle_grace=IDLE_GRACE)
+            )
             self._retired.add(task)
             task.add_done_callback(self._retired.discard)
         log.info("reloaded %s", self._path)

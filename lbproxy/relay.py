@@ -284,7 +284,10 @@ class ClientConnection(Recording, asyncio.Protocol):
         self._keep_alive = head.keep_alive
         try:
             if ctx.draining:
-                raise ShuttingDown("the gateway is shutting down; retry")
+                if self._replaying:  # queued behind the exchange that was in flight
+                    raise ShuttingDown("the gateway is shutting down; retry")
+                # Accepted as the listener closed (a reload): served, then closed.
+                self._keep_alive = False
             guard = ctx.guard
             # Source lists first: a denied client learns nothing, not even which paths exist.
             client = guard.admit(self._client_ip.decode(), head) if guard is not None else None

@@ -8,9 +8,11 @@ import asyncio
 import errno
 import logging
 import os
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from lbproxy.accesslog import AccessLog, open_access_log
 from lbproxy.admin import AdminServer, AuthorizationsAPI
@@ -27,6 +29,7 @@ from lbproxy.state import Document, state_path
 
 log = logging.getLogger("lbproxy.server")
 Resolver = Callable[[bytes, bytes], Route]
+Listening = Any  # a listening socket as asyncio.Server.sockets has it (a fileno() is enough)
 _SWEEP_INTERVAL = 5.0
 
 
@@ -94,6 +97,8 @@ class Runtime:
         self._stopping: set[asyncio.Task[None]] = set()
         self._api_contexts: list[RelayContext] = []
         self._lb_contexts: dict[HostPort, RelayContext] = {}  # load balancer listeners' own
+        self._listening: dict[HostPort, asyncio.Server] = {}
+        self._inherit: dict[HostPort, Listening] = {}
         self.addresses: list[HostPort] = []
         self.access_log: AccessLog | None = None
         # Called after the admin API changed the authorizations (and saved them): the daemon
@@ -152,7 +157,15 @@ class Runtime:
         if old is not None:
             old.close(timeout=0)  # its thread writes what is queued, then ends
 
-    async def start(self) -> None:
+    def listening(self) -> dict[HostPort, Listening]:
+        """The listening sockets by the address the configuration gives them."""
+        return {address: server.sockets[0] for address, server in self._listening.items()}
+
+    async def start(self, inherit: dict[HostPort, Listening] | None = None) -> None:
+        """Bind and serve. ``inherit``: the listening sockets of a runtime this one replaces
+        (``listening()``); addresses found there are served on the same socket, so a reload
+        that starts a new runtime loses no connection waiting to be accepted."""
+        self._inherit = inherit or {}
         loop = asyncio.get_running_loop()
         self.access_log = open_access_log(self.config.gateway.access_log)
         api_ctx = self._context(loop, self.routes.api_router.match)
@@ -227,19 +240,29 @@ class Runtime:
         address: HostPort,
         tls: ssl.SSLContext | None = None,
     ) -> None:
+        inherited = self._inherit.get(address) if address[1] else None
         try:
-            server = await loop.create_server(
-                lambda: ClientConnection(ctx),
-                address[0],
-                address[1],
-                reuse_address=True,
-                reuse_port=self._reuse_port,
-                backlog=1024,
-                ssl=tls,
-            )
+            if inherited is not None:
+                # The runtime this one replaces listens here: share its socket (and so its
+                # queue of connections not yet accepted), which its close then leaves open.
+                sock = socket.socket(fileno=os.dup(inherited.fileno()))
+                server = await loop.create_server(
+                    lambda: ClientConnection(ctx), sock=sock, backlog=1024, ssl=tls
+                )
+            else:
+                server = await loop.create_server(
+                    lambda: ClientConnection(ctx),
+                    address[0],
+                    address[1],
+                    reuse_address=True,
+                    reuse_port=self._reuse_port,
+                    backlog=1024,
+                    ssl=tls,
+                )
         except OSError as exc:
             raise _bind_error(address, exc) from exc
         self._servers.append(server)
+        self._listening[address] = server
         for sock in server.sockets:
             bound = sock.getsockname()
             self.addresses.append((bound[0], bound[1]))
@@ -251,8 +274,13 @@ class Runtime:
             idle.close()
         self._sweeper = loop.call_later(_SWEEP_INTERVAL, self._sweep)
 
-    async def stop(self, timeout: float = 5.0) -> None:
-        """Stop accepting, let in-flight exchanges end within ``timeout``, then close all."""
+    async def stop(self, timeout: float = 5.0, idle_grace: float = 0.0) -> None:
+        """Stop accepting, let in-flight exchanges end within ``timeout``, then close all.
+
+        ``idle_grace``: idle keep-alive connections stay open this long (within ``timeout``),
+        and a request that comes on one is answered with ``Connection: close``. Closing one at
+        once races with a client sending its next request on it, which then gets a reset it
+        cannot tell from a failure (HAProxy's idle-close-on-response, for the same reason)."""
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self.admin is not None:
@@ -264,11 +292,17 @@ class Runtime:
             server.close()
         for ctx in self._contexts:
             ctx.draining = True
-            for conn in list(ctx.connections):
-                conn.shutdown()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        idle_until = loop.time() + min(idle_grace, timeout)
+        idle_closed = False
         while any(ctx.connections for ctx in self._contexts) and loop.time() < deadline:
+            if not idle_closed and loop.time() >= idle_until:
+                idle_closed = True
+                for ctx in self._contexts:
+                    for conn in list(ctx.connections):
+                        conn.shutdown()
+                continue
             await asyncio.sleep(0.05)
         for ctx in self._contexts:
             for conn in list(ctx.connections):
