@@ -7,15 +7,18 @@ Nothing here loops without a bound: readiness polls a fixed number of times, wai
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -266,3 +269,21 @@ def _all_proc_stats() -> dict[int, tuple[int, int]]:
         fields = raw.rpartition(")")[2].split()
         stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
     return stats
+
+
+def run_lab(prefix: str, root: Path, measure: Callable[[Children, Path], Awaitable[None]]) -> int:
+    """Run ``measure`` in a temporary directory with children started from ``root``, stop
+    every child whatever happens; the exit status for a bench script."""
+    if shutil.which("nginx") is None:
+        print("nginx is not on PATH (Debian: apt-get install nginx)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        children = Children(Path(tmp), cwd=root)
+        try:
+            asyncio.run(measure(children, Path(tmp)))
+        except BenchError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        finally:
+            children.stop_all()
+    return 0

@@ -18,15 +18,13 @@ import argparse
 import asyncio
 import os
 import re
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-from benchkit import BenchError, Child, Children, wait_until_accepting
+from benchkit import Child, Children, run_lab, wait_until_accepting
 from sidebyside import nginx_conf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -195,19 +193,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--connections", type=int, default=20)
     args = parser.parse_args()
-    if shutil.which("nginx") is None:
-        print("nginx is not on PATH (Debian: apt-get install nginx)", file=sys.stderr)
-        return 2
-    with tempfile.TemporaryDirectory(prefix="lbproxy-failover-") as tmp:
-        children = Children(Path(tmp), cwd=REPO_ROOT)
-        try:
-            asyncio.run(measure(children, Path(tmp), args.seconds, args.connections))
-        except BenchError as exc:
-            print(exc, file=sys.stderr)
-            return 1
-        finally:
-            children.stop_all()
-    return 0
+    return run_lab(
+        "lbproxy-failover-",
+        REPO_ROOT,
+        lambda children, workdir: measure(children, workdir, args.seconds, args.connections),
+    )
 
 
 if __name__ == "__main__":

@@ -17,15 +17,13 @@ import argparse
 import asyncio
 import os
 import re
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-from benchkit import BenchError, Children, wait_until_accepting
+from benchkit import Children, run_lab, wait_until_accepting
 from failover import LBPROXY, SERVER_PORT, SERVERS, lbproxy_config, server_block
 from sidebyside import nginx_conf
 
@@ -146,19 +144,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rebind", action="store_true", help="reloads that bind new addresses")
     args = parser.parse_args()
-    if shutil.which("nginx") is None:
-        print("nginx is not on PATH (Debian: apt-get install nginx)", file=sys.stderr)
-        return 2
-    with tempfile.TemporaryDirectory(prefix="lbproxy-reload-") as tmp:
-        children = Children(Path(tmp), cwd=REPO_ROOT)
-        try:
-            asyncio.run(measure(children, Path(tmp), args))
-        except BenchError as exc:
-            print(exc, file=sys.stderr)
-            return 1
-        finally:
-            children.stop_all()
-    return 0
+    return run_lab(
+        "lbproxy-reload-", REPO_ROOT, lambda children, workdir: measure(children, workdir, args)
+    )
 
 
 if __name__ == "__main__":
