@@ -9,8 +9,9 @@ Flags that end by themselves (an ejection, a slow-start ramp) are stored as time
 against ``now``, so no timer is needed to lift them. Two summaries, refreshed on every flag
 change, let the balancer's hot path be two comparisons: ``down`` (how many hosts active checks
 hold down) and ``settled_at`` (from then on, with no new flag, every host is available at full
-weight). ``generation`` counts runtime weight changes (``set_weight``), so that a balancer
-holding a schedule built from the weights knows when to build it again.
+weight; never while every host is drained, so the balancer's precomputed cycle, which needs a
+weight, is not used then). ``generation`` counts runtime weight changes (``set_weight``), so
+that a balancer holding a schedule built from the weights knows when to build it again.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Availability(enum.Enum):
     PRIMARY = "primary"  # at least one primary server is available
     BACKUP = "backup"  # every primary is down or drained; backups serve
     FAIL_OPEN = "fail_open"  # every server is down: all are tried anyway before a 503
+    DRAINED = "drained"  # an operator drained every server: new requests get 503
 
 
 class Host:
@@ -134,13 +136,11 @@ class HostTable:
     def set_weight(self, index: int, weight: int, now: float) -> None:
         """Give the host a new current weight. 0 drains it (no new requests; those in flight
         finish); a drained host given a weight again ramps up from ``now`` under slow start.
-        Refused (ValueError) when no host would keep a weight above 0: a listener always has a
-        server to send to, as the configuration requires."""
+        Every host may be drained, as HAProxy and nginx let operators do (a maintenance of the
+        whole group): new requests then find no server (``Availability.DRAINED``)."""
         host = self.hosts[index]
         if weight < 0:
             raise ValueError(f"weight must be 0 or more, got {weight}")
-        if weight == 0 and not any(h.weight > 0 for h in self.hosts if h is not host):
-            raise ValueError(f"{host.name} is the last server with a weight above 0")
         if host.weight == 0 and weight > 0:
             host.ramp_from = max(now, host.ramp_from)
         host.weight = weight
@@ -150,6 +150,9 @@ class HostTable:
     def _settle(self) -> None:
         hosts = self.hosts
         self.down = sum(1 for h in hosts if h.checked_down)
+        if not any(h.weight > 0 for h in hosts):
+            self.settled_at = float("inf")
+            return
         ramps = [h.ramp_from + self.slow_start for h in hosts if self.slow_start > 0]
         self.settled_at = max([NEVER, *ramps, *(h.ejected_until for h in hosts)])
 
@@ -165,7 +168,7 @@ class HostTable:
     # --- read by the balancer and the status page ---------------------------------------------
 
     def is_settled(self, now: float) -> bool:
-        """Every host is available at its full weight (drained ones aside)."""
+        """Every host is available at its full weight (drained ones aside, but not all)."""
         return not self.down and now >= self.settled_at
 
     def share(self, host: Host, now: float) -> int:
@@ -179,7 +182,11 @@ class HostTable:
         available = [h for h in self.hosts if h.is_available(now)]
         if any(not h.backup for h in available):
             return Availability.PRIMARY
-        return Availability.BACKUP if available else Availability.FAIL_OPEN
+        if available:
+            return Availability.BACKUP
+        if all(h.is_drained() for h in self.hosts):
+            return Availability.DRAINED
+        return Availability.FAIL_OPEN
 
     def __repr__(self) -> str:
         return f"<HostTable [{', '.join(map(repr, self.hosts))}]>"

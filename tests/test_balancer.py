@@ -449,14 +449,38 @@ def test_draining_every_primary_hands_the_cycle_to_the_backups() -> None:
     assert run(scheduler, 4) == "cccc"
 
 
-def test_the_last_host_with_a_weight_cannot_be_drained() -> None:
+@pytest.mark.parametrize("scheduler_type", [WeightedRoundRobin, LeastConnections])
+def test_every_host_may_be_drained_and_then_none_is_picked(
+    scheduler_type: type[Scheduler],
+) -> None:
     table = make_table((1, 0, 1), backups="c")
+    scheduler = scheduler_type(table)  # type: ignore[call-arg]
     table.set_weight(0, 0, now=0.0)
-    with pytest.raises(ValueError, match=r"^c is the last server with a weight above 0$"):
-        table.set_weight(2, 0, now=0.0)
+    table.set_weight(2, 0, now=0.0)
+    assert table.availability(0.0) is Availability.DRAINED
+    assert not table.is_settled(1e9)  # no cycle to replay: it would need a weight
+    assert [scheduler.pick(0.0), scheduler.pick(0.0, tried=0b010)] == [None, None]
+    table.set_weight(2, 2, now=0.0)
+    assert table.availability(0.0) is Availability.BACKUP and table.is_settled(0.0)
+    assert run(scheduler, 3) == "ccc"
+
+
+def test_a_negative_runtime_weight_is_refused() -> None:
+    table = make_table((1, 1))
     with pytest.raises(ValueError, match=r"^weight must be 0 or more, got -2$"):
         table.set_weight(1, -2, now=0.0)
-    assert [h.weight for h in table.hosts] == [0, 0, 1] and table.generation == 1
+    assert [h.weight for h in table.hosts] == [1, 1] and table.generation == 0
+
+
+def test_drained_hosts_are_left_out_of_fail_open() -> None:
+    table = make_table((1, 1, 1))
+    scheduler = WeightedRoundRobin(table)
+    table.set_weight(0, 0, now=0.0)
+    table.set_checked_down(1, True, now=0.0)
+    table.set_checked_down(2, True, now=0.0)
+    assert table.availability(0.0) is Availability.FAIL_OPEN
+    assert run(scheduler, 4) == "bcbc"
+    assert run(scheduler, 1, tried=0b110) == "-"  # every server that is not drained was tried
 
 
 def test_an_enabled_host_ramps_up_under_slow_start() -> None:
