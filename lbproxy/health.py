@@ -169,6 +169,7 @@ class HealthBoard:
         "_active",
         "_check",
         "_checks",
+        "_downed",
         "_last",
         "_passive",
         "_settings",
@@ -187,6 +188,7 @@ class HealthBoard:
         self._active = [ActiveState(check.rise, check.fall) for _ in range(count)] if check else []
         self._checks = [deque[CheckRecord](maxlen=CHECK_HISTORY) for _ in range(count)]
         self._last: list[Transition | None] = [None] * count
+        self._downed: list[Transition | None] = [None] * count
         # Some server has failures counted or is out: only then must successes be recorded,
         # which spares the relay a call per request while every server is well.
         self.troubled = False
@@ -209,7 +211,15 @@ class HealthBoard:
         return tuple(self._checks[index])
 
     def last_transition(self, index: int) -> Transition | None:
-        """The server's latest transition (why it is where it is), None before any."""
+        """The server's latest transition, None before any."""
+        return self._last[index]
+
+    def why(self, index: int) -> Transition | None:
+        """The transition that explains the server's phase: while active checks hold it down,
+        the one that took it down (a passive transition since, such as an ejection running
+        out, does not explain it); else the latest."""
+        if self._active and not self._active[index].is_up:
+            return self._downed[index]
         return self._last[index]
 
     # --- active checks --------------------------------------------------------------------------
@@ -225,9 +235,10 @@ class HealthBoard:
             count = self._check.rise if active.is_up else self._check.fall
             verdict = "passed" if active.is_up else "failed"
             reason = f"{count} check(s) {verdict} in a row; last: {result.reason}"
-            found.append(
-                self._transition(index, Event.UP if active.is_up else Event.DOWN, reason, now)
-            )
+            event = Event.UP if active.is_up else Event.DOWN
+            found.append(self._transition(index, event, reason, now))
+            if event is Event.DOWN:
+                self._downed[index] = found[-1]
         passive = self._passive[index]
         if (
             result.ok

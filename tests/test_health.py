@@ -325,3 +325,23 @@ def test_the_board_keeps_each_server_s_last_transition() -> None:
         0, "a:80", Event.DOWN, "1 check(s) failed in a row; last: status 500", 2.0
     )
     assert health.last_transition(1) is None
+
+
+def test_why_a_server_is_down_is_the_transition_that_took_it_down() -> None:
+    health = board(passive=Passive(max_fails=1, fail_timeout=10.0), check=HealthCheck(fall=1))
+    health.record_failure(0, "connection refused", 1.0)
+    health.record_check(0, CheckResult(False, "connection refused"), 2.0)
+    down = Transition(
+        0, "a:80", Event.DOWN, "1 check(s) failed in a row; last: connection refused", 2.0
+    )
+    assert health.why(0) == down
+    # The ejection runs out while the checks still hold the server down: the latest transition
+    # says "trying it again", which is not why the server is out.
+    (lapsed,) = health.poll(12.0)
+    assert lapsed.event is Event.HALF_OPEN and health.last_transition(0) == lapsed
+    assert health.phase(0, 12.0) == "down" and health.why(0) == down
+    health.record_check(0, PASS, 13.0)
+    health.record_check(0, PASS, 14.0)
+    up = health.why(0)
+    assert up is not None and up.event is Event.UP and up == health.last_transition(0)
+    assert health.why(1) is None
