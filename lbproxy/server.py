@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from lbproxy import status
 from lbproxy.accesslog import AccessLog, open_access_log
 from lbproxy.admin import AdminServer, AuthorizationsAPI
 from lbproxy.authz import listener_key
@@ -204,6 +205,7 @@ class Runtime:
         api = AuthorizationsAPI(self, self._document, state_path(self.config), admin_token(gw))
         self.admin = AdminServer(api, gw.admin_listen, self._reuse_port)
         self.admin.add(self.exporter.handler())
+        self.admin.add(status.handler(self))
         try:
             await self.admin.start()
         except OSError as exc:
