@@ -201,7 +201,8 @@ class AdminServer:
                 request, body = await _read_request(conn, reader)
                 if request is None:
                     return
-                await _respond(conn, writer, self._handle(request, body))
+                answer = self._handle(request, body)
+                await _respond(conn, writer, answer, head=request.method == b"HEAD")
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return
                 conn.start_next_cycle()
@@ -282,8 +283,12 @@ async def _read_request(
 
 
 async def _respond(
-    conn: h11.Connection, writer: asyncio.StreamWriter, answer: tuple[int, Any] | Reply
+    conn: h11.Connection,
+    writer: asyncio.StreamWriter,
+    answer: tuple[int, Any] | Reply,
+    head: bool = False,
 ) -> None:
+    """Send ``answer``; to a HEAD, its headers only (Content-Length as for a GET)."""
     if isinstance(answer, Reply):
         status, data, content_type = answer.status, answer.body, answer.content_type
     else:
@@ -293,6 +298,7 @@ async def _respond(
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
     writer.write(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
-    writer.write(conn.send(h11.Data(data=data)) or b"")
+    if not head:
+        writer.write(conn.send(h11.Data(data=data)) or b"")
     writer.write(conn.send(h11.EndOfMessage()) or b"")
     await writer.drain()

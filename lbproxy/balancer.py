@@ -117,8 +117,8 @@ class WeightedRoundRobin:
 
     def _build_cycle(self) -> SmoothWeightedRoundRobin:
         """The cycle of the table's current weights. While the table is settled every host is
-        up, so the cycle holds the primaries, or the backups when every primary is drained (the
-        table always keeps a host with a weight above 0)."""
+        up, so the cycle holds the primaries, or the backups when every primary is drained (some
+        host has a weight above 0: a table whose every host is drained never settles)."""
         hosts = self._table.hosts
         weights = tuple(0 if h.backup else h.weight for h in hosts)
         if not any(weights):

@@ -301,7 +301,7 @@ class ClientConnection(Recording, asyncio.Protocol):
                 raise PayloadTooLarge(f"body of {head.content_length} bytes exceeds {limit}")
             group = route.group
             host = group.pick(ctx.loop.time())
-            if host is None:  # unreachable: a listener has a server of weight 1 or more
+            if host is None:  # every server drained through the admin API
                 raise ServiceUnavailable(f"no server of {group.name} takes requests")
         except HTTPError as exc:
             # The body (if any) was not read: the connection cannot carry another request.

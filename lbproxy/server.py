@@ -20,13 +20,13 @@ from lbproxy.admin import AdminServer, AuthorizationsAPI
 from lbproxy.authz import listener_key
 from lbproxy.checker import HealthChecker
 from lbproxy.config import Config, GatewayConfig, HostPort, TlsListener
-from lbproxy.errors import StartupError
+from lbproxy.errors import ConfigError, StartupError
 from lbproxy.exporter import Exporter
 from lbproxy.metrics import Stats
 from lbproxy.pool import PoolSet
 from lbproxy.relay import ClientConnection
 from lbproxy.routes import RelayContext, Route, RouteTable, ServerGroup, build_routes
-from lbproxy.state import Document, state_path
+from lbproxy.state import Document, read_weights, state_path
 
 log = logging.getLogger("lbproxy.server")
 Resolver = Callable[[bytes, bytes], Route]
@@ -143,6 +143,7 @@ class Runtime:
                 if fixed is not None:
                     fixed.resolve = _fixed(routes.listener_routes[listener_key(lb, listener)])
         loop = asyncio.get_running_loop()
+        self._restore_weights(loop.time())
         live = {id(g) for g in routes.groups.values()}
         for checker in [c for c in self.checkers if id(c.group) not in live]:
             self.checkers.remove(checker)
@@ -193,10 +194,31 @@ class Runtime:
             await self.stop()
             raise
         self._sweeper = loop.call_later(_SWEEP_INTERVAL, self._sweep)
+        self._restore_weights(loop.time())
         self._start_checks(loop)
         if self._own_exporter:
             self.exporter.start(loop)
         await self._start_admin()
+
+    def _restore_weights(self, now: float) -> None:
+        """The server weights saved by the admin API's actions (state.py), over the configured
+        ones; a server without an entry gets its configured weight back (another worker may
+        have enabled it)."""
+        path = state_path(self.config)
+        if path is None:
+            return  # runtime changes then live in this process only, and a reload keeps them
+        try:
+            saved = read_weights(path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("server weights not restored: %s", problem)
+            return
+        for name, group in self.routes.groups.items():
+            weights = saved.get(name, {})
+            for index, host in enumerate(group.table.hosts):
+                weight = weights.get(host.name, host.configured_weight)
+                if weight != host.weight:
+                    group.table.set_weight(index, weight, now)
 
     async def _start_admin(self) -> None:
         gw = self.config.gateway

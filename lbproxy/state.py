@@ -1,4 +1,4 @@
-"""Authorizations changed at runtime, kept across restarts: the state file.
+"""Authorizations and server weights changed at runtime, kept across restarts: the state file.
 
 Theory of operation. The configuration file stays the operator's; the admin API never rewrites
 it. Authorizations created, updated or deleted through the admin API are written, as the whole
@@ -7,6 +7,11 @@ with the fields of an ``[[authorization]]`` table). When that file exists, ``run
 in place of the configuration file's ``[[authorization]]`` tables, so a restart loses nothing.
 Every list, from the file or the admin API, is validated by the same ``parse_config`` as the
 configuration file, so a runtime change can never make a configuration ``check`` would refuse.
+
+The admin API's server actions (drain, enable, weight; status.py) are saved there too, as
+``"servers": {"lb-id:port": {"instance:port": weight}}`` (a server at its configured weight has
+no entry). Every runtime applies them when it starts or reloads, so with several workers one
+worker saves a change and has the others reload (daemon.py), and a restart keeps drains.
 
 Writes are atomic: a temporary file in the same directory, flushed and fsync'ed, renamed over the
 old one, then the directory fsync'ed; a crash leaves the old list or the new one, never half.
@@ -27,6 +32,7 @@ from lbproxy.errors import ConfigError, ConfigProblem
 
 Document = dict[str, Any]
 AuthorizationFields = dict[str, Any]
+Weights = dict[str, dict[str, int]]  # listener -> server -> weight
 
 
 def read_document(path: str) -> Document:
@@ -48,8 +54,7 @@ def state_path(config: Config) -> str | None:
     return os.path.join(os.path.dirname(os.path.abspath(config.file)), state_file)
 
 
-def read_state(path: str) -> list[AuthorizationFields] | None:
-    """The saved authorizations, or None when there is no state file yet."""
+def _read(path: str) -> dict[str, Any] | None:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -57,11 +62,51 @@ def read_state(path: str) -> list[AuthorizationFields] | None:
         return None
     except (OSError, ValueError) as exc:
         raise ConfigError([ConfigProblem(path, "(state file)", f"cannot read: {exc}")]) from exc
-    entries = data.get("authorizations") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        message = 'expected {"authorizations": [{...}, ...], "servers": {...}}; fix or remove it'
+        raise ConfigError([ConfigProblem(path, "(state file)", message)])
+    return data
+
+
+def read_state(path: str) -> list[AuthorizationFields] | None:
+    """The saved authorizations, or None when none were saved (no state file yet, or only
+    server weights in it)."""
+    data = _read(path)
+    if data is None or "authorizations" not in data:
+        return None
+    entries = data["authorizations"]
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         message = 'expected {"authorizations": [{...}, ...]}; fix or remove the file'
         raise ConfigError([ConfigProblem(path, "(state file)", message)])
     return entries
+
+
+def read_weights(path: str) -> Weights:
+    """The saved server weights (none without a state file)."""
+    data = _read(path)
+    servers = data.get("servers", {}) if data is not None else {}
+    valid = isinstance(servers, dict) and all(
+        isinstance(hosts, dict) and all(type(w) is int and w >= 0 for w in hosts.values())
+        for hosts in servers.values()
+    )
+    if not valid:
+        message = 'expected "servers": {"lb-id:port": {"instance:port": weight}}; fix or remove it'
+        raise ConfigError([ConfigProblem(path, "servers", message)])
+    return servers
+
+
+def save_weight(path: str, listener: str, server: str, weight: int | None) -> None:
+    """Save one server's weight (None: back to the configured one, the entry removed); the
+    rest of the file is kept."""
+    data = _read(path) or {}
+    weights = read_weights(path)
+    hosts = weights.setdefault(listener, {})
+    if weight is None:
+        hosts.pop(server, None)
+    else:
+        hosts[server] = weight
+    data["servers"] = {name: hosts for name, hosts in weights.items() if hosts}
+    _write(path, data)
 
 
 def with_authorizations(
@@ -90,9 +135,16 @@ def load_with_state(path: str) -> tuple[Config, Document]:
 
 
 def save_state(path: str, authorizations: list[AuthorizationFields]) -> None:
-    """Write the whole list atomically (temp file, fsync, rename, fsync the directory)."""
+    """Save the whole list of authorizations; the saved server weights are kept."""
+    data = _read(path) or {}
+    data["authorizations"] = authorizations
+    _write(path, data)
+
+
+def _write(path: str, data: dict[str, Any]) -> None:
+    """Atomically: a temporary file, fsync, rename, fsync the directory."""
     directory = os.path.dirname(path) or "."
-    text = json.dumps({"authorizations": authorizations}, indent=2, sort_keys=True) + "\n"
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
     fd, temp = tempfile.mkstemp(prefix=".lbproxy-state-", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -20,14 +20,16 @@ is loopback by default. (Reads under ``/admin/``, the authorizations, need the t
 is set.) The actions are writes under ``/admin/``: they need ``Authorization: Bearer
 <admin_token>`` exactly as writes of ``/admin/authorizations`` do (401 without it or with a
 wrong one, 403 when no token is configured). They answer the listener's availability and the
-server's new snapshot entry, and are runtime only: they are not saved to the state file, so a
-restart, or a reload that changes the listener or binds new addresses (a new runtime), gives
-every server its configured weight again.
+server's new snapshot entry. With a ``state_file`` they are saved there (state.py), so reloads
+and restarts keep them; without one they live in this process only, and a restart, or a reload
+that rebuilds the listener, gives every server its configured weight again.
 
 With ``workers`` above 1 every worker process balances on its own and the admin address is
-shared (SO_REUSEPORT), so an action would reach the one worker that accepted it and leave the
-others sending to the server: the actions are refused there (409) rather than half done, and
-``/status`` is the view of the worker that answered (its ``pid``; ``workers`` says how many).
+shared (SO_REUSEPORT): the worker that accepts an action saves it and has the supervisor reload
+every worker, which reads the saved weights (the daemon's ``on_change``, as for authorization
+changes). Without a state file there is nothing to share it through, so the actions are refused
+(409) rather than half done. ``/status`` is the view of the worker that answered (its ``pid``;
+``workers`` says how many).
 
 Draining every server of a listener is allowed, as HAProxy (``set server ... state drain``)
 and nginx (the API's ``drain``) allow it: an operator taking a whole group out for maintenance
@@ -55,6 +57,7 @@ from lbproxy.authz import listener_key
 from lbproxy.configlb import MAX_WEIGHT
 from lbproxy.hosts import NEVER, Availability
 from lbproxy.routes import ServerGroup
+from lbproxy.state import save_weight, state_path
 from lbproxy.statuspage import Json, render_page
 
 if TYPE_CHECKING:
@@ -182,8 +185,7 @@ def handler(runtime: Runtime) -> Handler:
 
     def handle(request: AdminRequest) -> tuple[int, Any] | Reply | None:
         if request.path in ("/status", "/status.html"):
-            # HEAD is refused too: the admin listener's writer sends every reply with its body.
-            if request.method != "GET":
+            if request.method not in ("GET", "HEAD"):
                 raise AdminError(405, "method_not_allowed", "use GET")
             document = snapshot(runtime, asyncio.get_running_loop().time(), time.time())
             if request.path == "/status":
@@ -206,12 +208,14 @@ def _act(runtime: Runtime, request: AdminRequest, listener: str, server: str, ve
     assert runtime.admin is not None
     runtime.admin.api.check_token(request.authorization, write=True)
     workers = runtime.config.gateway.worker_count()
-    if workers > 1:
+    saved_in = state_path(runtime.config)
+    if workers > 1 and saved_in is None:
         raise AdminError(
             409,
             "workers",
             f"this gateway runs {workers} workers, each balancing on its own, and this request "
-            f"reached one (pid {os.getpid()}); {verb} works with workers = 1",
+            f"reached one (pid {os.getpid()}); set [gateway] state_file, through which every "
+            f"worker takes the change, or run with workers = 1",
         )
     group = _group(runtime, listener)
     index = _host_index(group, server)
@@ -230,17 +234,23 @@ def _act(runtime: Runtime, request: AdminRequest, listener: str, server: str, ve
         weight = _weight(request.body)
     loop_now = asyncio.get_running_loop().time()
     before = host.weight
+    if saved_in is not None:
+        kept = None if weight == host.configured_weight else weight
+        save_weight(saved_in, group.name, host.name, kept)
     group.table.set_weight(index, weight, loop_now)
     availability = group.table.availability(loop_now)
     log.info(
-        "%s: %s %s through the admin API: weight %d -> %d (configured %d; runtime only)",
+        "%s: %s %s through the admin API: weight %d -> %d (configured %d; %s)",
         group.name,
         host.name,
         verb,
         before,
         weight,
         host.configured_weight,
+        "runtime only" if saved_in is None else "saved",
     )
+    if saved_in is not None and runtime.on_change is not None:
+        runtime.on_change()  # the other workers read it
     if availability is Availability.DRAINED:
         log.warning("%s: every server is drained; new requests get 503", group.name)
     return {

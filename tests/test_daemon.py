@@ -4,6 +4,7 @@ replacement, the pid file and systemd notifications."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -350,3 +351,48 @@ def test_a_reload_in_place_changes_the_servers_of_a_load_balancer_listener(
     served = len(first.seen)
     assert {get(LB_PORT, "/x") for _ in range(12)} == {200}
     assert len(first.seen) - served == 12  # all of them: the others left the listener
+
+
+def admin_post(port: int, path: str, token: str) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        client = Client(sock)
+        client.send(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            "Content-Length: 0\r\n\r\n".encode()
+        )
+        return client.response("POST")[0].status_code
+
+
+def test_a_drain_through_one_worker_reaches_every_worker_and_is_saved(
+    backends: list[Backend], tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    port, admin = free_port(), free_port()
+    extra = (
+        f'[gateway]\nworkers = 2\nadmin_listen = "127.0.0.1:{admin}"\n'
+        'admin_token = "tok"\nstate_file = "state.json"\n'
+    )
+    config = tmp_path / "gateway.toml"
+    config.write_text(config_text(backends, port).replace("[gateway]\n", extra))
+    daemon = Daemon(config)
+    daemons.append(daemon)
+    wait_until_serving(port, daemon)
+    daemon.wait_for_log("supervisor")
+    drained = backends[1]
+    server = f"i-{drained.name}:{drained.port}"
+    assert admin_post(admin, f"/admin/servers/lb-t:{LB_PORT}/{server}/drain", "tok") == 200
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert saved == {"servers": {f"lb-t:{LB_PORT}": {server: 0}}}
+    deadline = time.monotonic() + 10
+    while daemon.log().count("reloaded") < 2:  # every worker read it
+        assert time.monotonic() < deadline, daemon.log()
+        time.sleep(0.05)
+    before = len(drained.seen)
+    assert {get(port) for _ in range(30)} == {200}  # a connection each: both workers serve
+    assert len(drained.seen) == before
+    assert admin_post(admin, f"/admin/servers/lb-t:{LB_PORT}/{server}/enable", "tok") == 200
+    assert json.loads((tmp_path / "state.json").read_text()) == {"servers": {}}
+    while daemon.log().count("reloaded") < 4:
+        assert time.monotonic() < deadline, daemon.log()
+        time.sleep(0.05)
+    assert {get(port) for _ in range(30)} == {200}
+    assert len(drained.seen) > before
