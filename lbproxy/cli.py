@@ -25,6 +25,7 @@ from lbproxy.demo import demo_config_text, start_demo_backends
 from lbproxy.errors import ConfigError, StartupError
 from lbproxy.server import Runtime
 from lbproxy.signing import sign
+from lbproxy.state import Document, read_document
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -202,9 +203,11 @@ async def _until_signalled() -> None:
 
 def _demo(path: str | None, listen: str | None) -> int:
     if path is not None:
-        config = load_config(path)
+        document = read_document(path)
+        config = parse_config(document, path)
     else:
-        config = parse_config(tomllib.loads(demo_config_text()), "<built-in demo>")
+        document = tomllib.loads(demo_config_text())
+        config = parse_config(document, "<built-in demo>")
     if listen is not None:
         try:
             address = parse_host_port(listen)
@@ -215,7 +218,7 @@ def _demo(path: str | None, listen: str | None) -> int:
             )
             return EXIT_USAGE
         config = _with_listen(config, address)
-    return _serve(lambda: _run_demo(config))
+    return _serve(lambda: _run_demo(config, document))
 
 
 def _with_listen(config: Config, address: tuple[str, int]) -> Config:
@@ -224,20 +227,20 @@ def _with_listen(config: Config, address: tuple[str, int]) -> Config:
     return replace(config, gateway=replace(config.gateway, listen=(address,)))
 
 
-async def _run_demo(config: Config) -> None:
+async def _run_demo(config: Config, document: Document) -> None:
     try:
         backends = await start_demo_backends(config)
     except OSError as exc:
         raise StartupError(f"cannot start the demo backends: {exc.strerror or exc}") from exc
     try:
-        await _run_with_banner(config)
+        await _run_with_banner(config, document)
     finally:
         for server in backends:
             server.close()
 
 
-async def _run_with_banner(config: Config) -> None:
-    runtime = Runtime(config)
+async def _run_with_banner(config: Config, document: Document) -> None:
+    runtime = Runtime(config, document)
     await runtime.start()
     print(_banner(config, runtime), flush=True)
     try:
@@ -270,9 +273,13 @@ def _banner(config: Config, runtime: Runtime) -> str:
                 f"  curl -s http://{lb.ip}:{listener.port}/any/path   "
                 f"# the internal load balancer {lb.id} itself"
             )
-    lines += [
-        f"  curl -s -i http://{host}:{port}/nowhere    # 404 with a JSON reason",
-        "",
-        "Press Ctrl-C to stop.",
-    ]
+    lines.append(f"  curl -s -i http://{host}:{port}/nowhere    # 404 with a JSON reason")
+    if runtime.admin is not None and runtime.admin.address is not None:
+        admin_host, admin_port = runtime.admin.address
+        admin = f"http://{admin_host}:{admin_port}"
+        lines += [
+            f"  curl -s {admin}/metrics | grep '^lbproxy_requests_total'   # Prometheus metrics",
+            f"  open {admin}/status.html in a browser: servers, health, weights",
+        ]
+    lines += ["", "Press Ctrl-C to stop."]
     return "\n".join(lines)

@@ -215,7 +215,7 @@ def test_demo_config_values() -> None:
         (("127.0.0.1", 8080),),
         "httptools",
     )
-    assert gw.admin_listen is None
+    assert gw.admin_listen == ("127.0.0.1", 9901)
     assert [v.id for v in config.vpcs] == ["vpc-demo"]
     assert config.vpcs[0].cidrs == (ipaddress.ip_network("127.0.0.0/8"),)
     assert [(i.id, str(i.ip)) for i in config.instances] == [
