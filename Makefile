@@ -7,7 +7,7 @@ SRC := lbproxy
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-deps check fmt lint typecheck pytest bench bench-deps clean
+.PHONY: demo test test-deps check fmt lint typecheck pytest bench bench-deps bench-micro load clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,15 @@ bench-deps:
 
 bench: $(VENV)/.installed-bench bench-deps
 	$(BIN)/python bench/sidebyside.py $(BENCH_ARGS)
+
+# Micro-benchmarks (pytest-benchmark) of the hot path's parts; each run is saved under
+# bench/results/micro/ and compared with the last one saved there (from the second run on).
+MICRO_STORAGE := bench/results/micro
+bench-micro: $(VENV)/.installed-bench
+	@if ls $(MICRO_STORAGE)/*/*.json >/dev/null 2>&1; then compare=--benchmark-compare; \
+	else compare=; echo "bench-micro: no saved run in $(MICRO_STORAGE) yet: nothing to compare with"; fi; \
+	$(BIN)/pytest bench/micro --benchmark-autosave --benchmark-storage=$(MICRO_STORAGE) \
+		--benchmark-columns=min,median,iqr,ops,rounds $$compare $(MICRO_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,5 +1,7 @@
 """One whole request through the relay over in-memory transports: the Python cost of the hot
-path without any syscall. Run: python bench/relay_inmemory.py [--engine h11] [-n 200000]."""
+path without any syscall. Run: python bench/relay_inmemory.py [--engine h11] [-n 200000].
+
+``InMemoryRelay`` is also what ``bench/micro/test_relay.py`` times with pytest-benchmark."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from lbproxy.relay import ClientConnection
 from lbproxy.routes import RelayContext, build_routes
 from lbproxy.upstream import UpstreamConnection
 
-REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:18090\r\n\r\n"
+REQUEST = b"GET /items/1 HTTP/1.1\r\nHost: 127.0.0.1:18090\r\n\r\n"
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Tue, 24 Nov 2026 15:00:00 GMT\r\n"
     b"Content-Type: text/plain\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\n"
@@ -56,40 +58,51 @@ class FakeTransport(asyncio.Transport):
         return ("127.0.0.1", 50000) if name == "peername" else default
 
 
-def build(engine: str) -> tuple[ClientConnection, UpstreamConnection, FakeTransport]:
-    text = (Path(__file__).parent.parent / "lbproxy" / "demo.toml").read_text()
-    text = text.replace('http_parser = "httptools"', f'http_parser = "{engine}"')
-    config = parse_config(tomllib.loads(text), "demo.toml")
-    routes = build_routes(config)
-    loop = uvloop.new_event_loop()
-    pools = PoolSet(64, 60.0)
-    ctx = RelayContext(loop, config.gateway, engine, pools, routes.api_router.match)
-    client = ClientConnection(ctx)
-    client_transport = FakeTransport()
-    client.connection_made(client_transport)
-    # One pooled upstream per server, so every pick finds an idle connection.
-    upstreams = []
-    for endpoint in routes.groups["lb-web:8081"].endpoints:
-        pool = pools.pool(endpoint)
-        up = UpstreamConnection(pool, engine, loop)
-        up.connection_made(FakeTransport())
-        pool.opened()
-        pool.put(up, loop.time())
-        upstreams.append(up)
-    return client, upstreams[0], client_transport
+class InMemoryRelay:
+    """The demo configuration's relay, its client and its pooled upstreams on fake transports.
+    The loop never runs: timers are only scheduled, and ``close`` closes it."""
+
+    def __init__(self, engine: str) -> None:
+        text = (Path(__file__).parent.parent / "lbproxy" / "demo.toml").read_text()
+        text = text.replace('http_parser = "httptools"', f'http_parser = "{engine}"')
+        config = parse_config(tomllib.loads(text), "demo.toml")
+        routes = build_routes(config)
+        self.loop = uvloop.new_event_loop()
+        pools = PoolSet(64, 60.0)
+        ctx = RelayContext(self.loop, config.gateway, engine, pools, routes.api_router.match)
+        self.client = ClientConnection(ctx)
+        self.client_transport = FakeTransport()
+        self.client.connection_made(self.client_transport)
+        # One pooled upstream per server, so every pick finds an idle connection.
+        for endpoint in routes.groups["lb-web:8081"].endpoints:
+            pool = pools.pool(endpoint)
+            up = UpstreamConnection(pool, engine, self.loop)
+            up.connection_made(FakeTransport())
+            pool.opened()
+            pool.put(up, self.loop.time())
+
+    def one_request(self) -> None:
+        """A request in from the client, its response in from the upstream the relay picked."""
+        self.client.data_received(REQUEST)
+        upstream = self.client._upstream
+        assert upstream is not None
+        upstream.data_received(RESPONSE)
+
+    def close(self) -> None:
+        self.loop.close()
 
 
 def run(engine: str, n: int) -> float:
-    client, _, client_transport = build(engine)
-    request = REQUEST.replace(b"GET / ", b"GET /items/1 ")
-    start = time.perf_counter()
-    for _ in range(n):
-        client.data_received(request)
-        upstream = client._upstream
-        assert upstream is not None
-        upstream.data_received(RESPONSE)
-    elapsed = time.perf_counter() - start
-    assert client_transport.writes == n, client_transport.writes
+    """Microseconds per proxied request over ``n`` requests."""
+    relay = InMemoryRelay(engine)
+    try:
+        start = time.perf_counter()
+        for _ in range(n):
+            relay.one_request()
+        elapsed = time.perf_counter() - start
+        assert relay.client_transport.writes == n, relay.client_transport.writes
+    finally:
+        relay.close()
     return elapsed / n * 1e6
 
 
