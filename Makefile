@@ -56,8 +56,10 @@ fmt: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix $(SRC) tests bench
 
 bench-deps:
-	@command -v nginx >/dev/null && command -v wrk >/dev/null || \
-		{ $(SUDO) $(APT_GET) update -qq && $(SUDO) $(APT_GET) install -y -qq nginx wrk; }
+	@missing=""; \
+	for tool in nginx wrk haproxy; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	[ -z "$$missing" ] || \
+		{ $(SUDO) $(APT_GET) update -qq && $(SUDO) $(APT_GET) install -y -qq $$missing; }
 
 bench: $(VENV)/.installed-bench bench-deps
 	$(BIN)/python bench/sidebyside.py $(BENCH_ARGS)

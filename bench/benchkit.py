@@ -102,12 +102,14 @@ def run_wrk(
 
 @dataclass(frozen=True, slots=True)
 class Measurement:
-    """One measured wrk run against one target, with the proxy's CPU time over that run."""
+    """One measured wrk run against one target under one load, with the proxy's CPU time over
+    that run."""
 
     target: str
     round: int
     wrk: WrkResult
     proxy_cpu_seconds: float | None
+    load: str = ""
 
     @property
     def cpu_us_per_request(self) -> float | None:

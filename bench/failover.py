@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 from benchkit import Child, Children, run_lab, wait_until_accepting
-from sidebyside import nginx_conf
+from labconfig import nginx_conf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVERS = {"a": "127.0.0.11", "b": "127.0.0.12", "c": "127.0.0.13"}

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from benchkit import Children, run_lab, wait_until_accepting
 from failover import LBPROXY, SERVER_PORT, SERVERS, lbproxy_config, server_block
-from sidebyside import nginx_conf
+from labconfig import nginx_conf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,9 +1,11 @@
-"""The side-by-side report: medians over rounds, ratios to nginx, Markdown, JSON and a chart."""
+"""The side-by-side report: per load, medians over rounds and ratios to nginx; lbproxy's worker
+scaling; Markdown, JSON and a chart."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -124,24 +126,98 @@ def rounds_table(targets: Sequence[str], runs: Sequence[Measurement], rounds: in
     return head + "\n".join(rows) + "\n"
 
 
-def render_markdown(meta: Mapping[str, object], summary_md: str, rounds_md: str) -> str:
+_WORKERS_RE = re.compile(r"^(lbproxy-[a-z0-9]+)-(\d+)w$")
+
+
+def scaling_table(loads: Mapping[str, Sequence[Summary]]) -> str:
+    """req/s of lbproxy with N workers over req/s with one, per load and engine; empty when the
+    run measured one worker count only."""
+    rows = []
+    for load, summaries in loads.items():
+        by_name = {s.target: s for s in summaries}
+        for s in summaries:
+            match = _WORKERS_RE.match(s.target)
+            single = by_name.get(match.group(1)) if match else None
+            if match is None or single is None:
+                continue
+            cells = (
+                load,
+                match.group(1),
+                match.group(2),
+                number(single.req_per_s, 0),
+                number(s.req_per_s, 0),
+                _times(_ratio(s.req_per_s, single.req_per_s)),
+                number(single.cpu_us_per_request, 1),
+                number(s.cpu_us_per_request, 1),
+            )
+            rows.append("| " + " | ".join(cells) + " |")
+    if not rows:
+        return ""
+    head = (
+        "| load | target | workers | req/s, 1 worker | req/s, N workers | scaling "
+        "| CPU us/req, 1 worker | CPU us/req, N workers |\n"
+        "|---|---|--:|--:|--:|--:|--:|--:|\n"
+    )
+    return head + "\n".join(rows) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    """One load's part of the report."""
+
+    name: str
+    title: str
+    summaries: list[Summary]
+    ratios: dict[str, Ratios]
+    rounds_md: str
+
+
+def report_load(
+    name: str, title: str, targets: Sequence[str], runs: Sequence[Measurement], rounds: int
+) -> LoadReport:
+    mine = [m for m in runs if m.load == name]
+    summaries = [
+        summarise(n, [m for m in mine if m.target == n])
+        for n in targets
+        if any(m.target == n for m in mine)
+    ]
+    base = next((s for s in summaries if s.target == BASELINE), None)
+    ratios = {s.target: ratios_to(s, base) for s in summaries}
+    return LoadReport(name, title, summaries, ratios, rounds_table(targets, mine, rounds))
+
+
+def render_markdown(meta: Mapping[str, object], loads: Sequence[LoadReport]) -> str:
     facts = "\n".join(f"- {key}: {value}" for key, value in meta.items())
-    return (
-        "# lbproxy side-by-side benchmark\n\n"
-        f"{facts}\n\n"
-        "## Medians over rounds\n\n"
-        f"{summary_md}\n"
-        "Ratios divide by nginx-as-proxy from this run: above 1.00x is better for req/s, "
-        "below 1.00x is better for latency and CPU. Error columns are totals over all rounds; "
-        "proxy CPU % is the proxy's CPU time over wall time (100 = one CPU saturated).\n\n"
-        "## Requests per second, round by round\n\n"
-        f"{rounds_md}\n"
+    parts = [f"# lbproxy side-by-side benchmark\n\n{facts}\n\n## Medians over rounds\n\n"]
+    for load in loads:
+        parts.append(
+            f"### {load.name}: {load.title}\n\n{summary_table(load.summaries, load.ratios)}\n"
+        )
+    parts.append(
+        "Ratios divide by nginx-as-proxy from this run, under the same load: above 1.00x is "
+        "better for req/s, below 1.00x is better for latency and CPU. Error columns are totals "
+        "over all rounds; proxy CPU % is the proxy's CPU time over wall time (100 = one CPU "
+        "saturated).\n\n"
+    )
+    scaling = scaling_table({load.name: load.summaries for load in loads})
+    if scaling:
+        parts.append(
+            "## lbproxy worker scaling\n\n"
+            f"{scaling}\n"
+            "Scaling is req/s with N workers over req/s with one, same load and engine. It can "
+            "only approach N when N CPUs are free for lbproxy (see pinning above).\n\n"
+        )
+    parts.append("## Requests per second, round by round\n\n")
+    for load in loads:
+        parts.append(f"### {load.name}: {load.title}\n\n{load.rounds_md}\n")
+    parts.append(
         "Spread is (max - min) / median over rounds; above ~10 % the machine was busy during the "
         "run: rerun with more rounds before trusting small differences.\n"
     )
+    return "".join(parts)
 
 
-def write_chart(summaries: Sequence[Summary], ratios: Mapping[str, Ratios], path: Path) -> bool:
+def write_chart(loads: Sequence[LoadReport], path: Path) -> bool:
     try:
         import matplotlib  # type: ignore[import-not-found,unused-ignore]
 
@@ -150,15 +226,21 @@ def write_chart(summaries: Sequence[Summary], ratios: Mapping[str, Ratios], path
     except ImportError:
         print("matplotlib is not importable: skipping the chart (pip install matplotlib)")
         return False
-    names = [s.target for s in summaries if ratios[s.target].req_per_s is not None]
-    values = [ratios[name].req_per_s or 0.0 for name in names]
-    figure, axes = plt.subplots(figsize=(7, 4))
-    axes.bar(names, values, color=["#999999" if n == BASELINE else "#4c72b0" for n in names])
-    axes.axhline(1.0, color="black", linewidth=0.8)
-    axes.set_ylabel("req/s relative to nginx as proxy")
-    axes.set_title("lbproxy side-by-side (median over rounds)")
-    for index, value in enumerate(values):
-        axes.annotate(f"{value:.2f}x", (index, value), ha="center", va="bottom")
+    figure, axes_row = plt.subplots(
+        1, len(loads), figsize=(4.5 * len(loads), 4.5), squeeze=False, sharey=True
+    )
+    for axes, load in zip(axes_row[0], loads, strict=True):
+        names = [s.target for s in load.summaries if load.ratios[s.target].req_per_s is not None]
+        values = [load.ratios[name].req_per_s or 0.0 for name in names]
+        colours = ["#999999" if n == BASELINE else "#4c72b0" for n in names]
+        axes.bar(range(len(names)), values, color=colours)
+        axes.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+        axes.axhline(1.0, color="black", linewidth=0.8)
+        axes.set_title(f"{load.name}: {load.title}", fontsize=9)
+        for index, value in enumerate(values):
+            axes.annotate(f"{value:.2f}x", (index, value), ha="center", va="bottom", fontsize=8)
+    axes_row[0][0].set_ylabel("req/s relative to nginx as proxy")
+    figure.suptitle("lbproxy side-by-side (median over rounds)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -169,22 +251,25 @@ def write_report(
     out: Path,
     meta: Mapping[str, object],
     targets: Sequence[str],
+    loads: Mapping[str, str],
     runs: Sequence[Measurement],
+    *,
     rounds: int,
 ) -> None:
-    """Print the Markdown report and write it, with JSON and a chart, under out/."""
-    summaries = [summarise(n, [m for m in runs if m.target == n]) for n in targets]
-    base = next((s for s in summaries if s.target == BASELINE), None)
-    ratios = {s.target: ratios_to(s, base) for s in summaries}
-    markdown = render_markdown(
-        meta, summary_table(summaries, ratios), rounds_table(targets, runs, rounds)
-    )
+    """Print the Markdown report and write it, with JSON and a chart, under out/. ``loads``
+    maps each load's name to its description, in the order to report them."""
+    reports = [report_load(n, title, targets, runs, rounds) for n, title in loads.items()]
+    markdown = render_markdown(meta, reports)
     print("\n" + markdown)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"sidebyside-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}"
     document = {
         "meta": dict(meta),
-        "summary": [asdict(s) | {"vs_nginx": asdict(ratios[s.target])} for s in summaries],
+        "loads": dict(loads),
+        "summary": {
+            r.name: [asdict(s) | {"vs_nginx": asdict(r.ratios[s.target])} for s in r.summaries]
+            for r in reports
+        },
         "runs": [
             asdict(m) | {"cpu_us_per_request": m.cpu_us_per_request, "cpu_percent": m.cpu_percent}
             for m in runs
@@ -193,6 +278,6 @@ def write_report(
     written = [stem.with_suffix(".md"), stem.with_suffix(".json")]
     written[0].write_text(markdown)
     written[1].write_text(json.dumps(document, indent=2) + "\n")
-    if write_chart(summaries, ratios, stem.with_suffix(".png")):
+    if write_chart(reports, stem.with_suffix(".png")):
         written.append(stem.with_suffix(".png"))
     print("wrote " + ", ".join(str(p) for p in written))
