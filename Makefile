@@ -64,6 +64,11 @@ bench-deps:
 bench: $(VENV)/.installed-bench bench-deps
 	$(BIN)/python bench/sidebyside.py $(BENCH_ARGS)
 
+# Locust against `lbproxy demo` (started and stopped by bench/load.py) for LOAD_ARGS or 30 s;
+# CSV files and an HTML report under bench/results/load/.
+load: $(VENV)/.installed-bench
+	$(BIN)/python bench/load.py $(LOAD_ARGS)
+
 # Micro-benchmarks (pytest-benchmark) of the hot path's parts; each run is saved under
 # bench/results/micro/ and compared with the last one saved there (from the second run on).
 MICRO_STORAGE := bench/results/micro
