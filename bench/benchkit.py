@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -242,19 +243,28 @@ def wait_until_accepting(child: Child, host: str, port: int) -> None:
 def process_tree_cpu_seconds(root: int) -> float:
     """utime + stime of root and every live descendant, from /proc."""
     stats = _all_proc_stats()
+    return sum(stats[pid][1] for pid in _tree(root, stats)) / CLK_TCK
+
+
+def process_tree_pids(root: int) -> list[int]:
+    """root and every live descendant."""
+    return _tree(root, _all_proc_stats())
+
+
+def _tree(root: int, stats: dict[int, tuple[int, int]]) -> list[int]:
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in stats.items():
         children.setdefault(ppid, []).append(pid)
-    total, pending = 0, [root]
+    found, pending = [], [root]
     seen: set[int] = set()
     while pending:
         pid = pending.pop()
         if pid in seen or pid not in stats:
             continue
         seen.add(pid)
-        total += stats[pid][1]
+        found.append(pid)
         pending.extend(children.get(pid, ()))
-    return total / CLK_TCK
+    return found
 
 
 def _all_proc_stats() -> dict[int, tuple[int, int]]:
@@ -271,6 +281,53 @@ def _all_proc_stats() -> dict[int, tuple[int, int]]:
         fields = raw.rpartition(")")[2].split()
         stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
     return stats
+
+
+# --- memory and file descriptors ------------------------------------------------------------
+
+
+def memory_bytes(pid: int, field: str = "VmRSS") -> int:
+    """A /proc/PID/status size (VmRSS: resident now; VmHWM: the peak since start or since
+    ``reset_peak_rss``) in bytes; 0 for a process gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    match = re.search(rf"^{field}:\s+(\d+) kB$", status, re.MULTILINE)
+    return int(match.group(1)) * 1024 if match else 0
+
+
+def tree_rss_bytes(root: int) -> int:
+    """Resident memory of root and every live descendant (shared pages counted in each)."""
+    return sum(memory_bytes(pid) for pid in process_tree_pids(root))
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Start VmHWM again from the current RSS (Linux 4.0+); False where not allowed."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def raise_nofile(needed: int) -> tuple[int, int]:
+    """Raise this process's RLIMIT_NOFILE to at least ``needed`` (children inherit it at
+    fork), raising the hard limit too where allowed (root); the (soft, hard) limits after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return soft, hard
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
+            return needed, needed
+        raise BenchError(
+            f"{needed} file descriptors are needed but the hard limit is {hard} and cannot be "
+            f"raised here: raise it (ulimit -Hn, LimitNOFILE=, /etc/security/limits.conf) or "
+            f"ask for fewer connections"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    return needed, hard
 
 
 def run_lab(prefix: str, root: Path, measure: Callable[[Children, Path], Awaitable[None]]) -> int:
