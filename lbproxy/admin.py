@@ -17,7 +17,9 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -170,10 +172,19 @@ class AdminServer:
     """The admin listener. The authorizations API is built in; other modules (metrics, status)
     add handlers with ``add``, tried in order."""
 
-    def __init__(self, api: AuthorizationsAPI, address: HostPort, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        api: AuthorizationsAPI,
+        address: HostPort,
+        reuse_port: bool = False,
+        inherit: Any = None,
+    ) -> None:
+        """``reuse_port``: every worker answers the admin address. ``inherit``: the listening
+        socket of the admin listener this one replaces (a reload), shared rather than bound."""
         self.api = api
         self._address = address
-        self._reuse_port = reuse_port  # every worker answers the admin address
+        self._reuse_port = reuse_port
+        self._inherit = inherit
         self._server: asyncio.Server | None = None
         self.address: HostPort | None = None
         self._handlers: list[Handler] = []
@@ -182,12 +193,20 @@ class AdminServer:
         self._handlers.append(handler)
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._serve, *self._address, reuse_address=True, reuse_port=self._reuse_port
-        )
+        if self._inherit is not None:
+            sock = socket.socket(fileno=os.dup(self._inherit.fileno()))
+            self._server = await asyncio.start_server(self._serve, sock=sock)
+        else:
+            self._server = await asyncio.start_server(
+                self._serve, *self._address, reuse_address=True, reuse_port=self._reuse_port
+            )
         bound = self._server.sockets[0].getsockname()
         self.address = (bound[0], bound[1])
         log.info("admin API on %s:%d", *self.address)
+
+    def listening(self) -> Any:
+        """The listening socket (asyncio's view of it), or None before ``start``."""
+        return self._server.sockets[0] if self._server is not None else None
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -223,6 +242,11 @@ class AdminServer:
             return self._route(admin_request.method, path, header, body)
         except AdminError as exc:
             return exc.status, exc.body
+        except ConfigError as exc:  # the state file cannot be read back: say which and why
+            problems = "; ".join(str(p) for p in exc.problems)
+            return _server_error(f"{problems}; the change was not saved")
+        except OSError as exc:
+            return _server_error(f"cannot save the state file: {exc}; the change was not saved")
 
     def _route(self, method: str, path: str, header: bytes | None, body: bytes) -> tuple[int, Any]:
         api = self.api
@@ -249,6 +273,12 @@ class AdminServer:
                 return 200, {"deleted": name}
             raise AdminError(405, "method_not_allowed", "use GET, PUT or DELETE")
         raise AdminError(404, "not_found", f"no admin resource {path}")
+
+
+def _server_error(message: str) -> tuple[int, Any]:
+    log.error("admin API: %s", message)
+    error = AdminError(500, "state_file", message)
+    return error.status, error.body
 
 
 def _json_object(body: bytes) -> AuthorizationFields:

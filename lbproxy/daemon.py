@@ -9,21 +9,25 @@ Signals (sent to the supervisor, which passes them on to every worker):
 - SIGHUP reloads: the configuration file (and state file) is read and validated again. A bad
   one is refused, logged and counted; the old one keeps serving. A good one is applied in place
   when it binds the same addresses (routes swapped for new requests, requests in flight finish
-  on theirs); otherwise a new ``Runtime`` is started next to the old one (SO_REUSEPORT lets both
-  hold the ports) and the old one is drained.
+  on theirs); otherwise a new ``Runtime`` is started next to the old one, sharing its listening
+  sockets where the addresses are the same, and the old one is drained. One reload runs at a
+  time; a SIGHUP during one asks for another after it.
 - SIGTERM and SIGQUIT drain gracefully within ``shutdown_timeout``: stop accepting, finish the
   requests in flight, close idle upstream connections. SIGINT does the same; a second SIGINT
   exits at once.
 - SIGUSR1 is for reopening log files (the access log, when one is configured).
 
 systemd ``Type=notify``: when ``NOTIFY_SOCKET`` is set, READY=1 is sent once serving,
-RELOADING=1 (with MONOTONIC_USEC) then READY=1 around a reload, STOPPING=1 when draining.
+RELOADING=1 (with MONOTONIC_USEC) then READY=1 around a reload, STOPPING=1 when draining. A
+supervisor says READY=1 once its workers are forked and passes SIGHUP on at once (it does not
+wait for their reloads).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -42,12 +46,16 @@ from lbproxy.server import Runtime
 from lbproxy.state import Document, load_with_state
 
 log = logging.getLogger("lbproxy")
+_CANNOT_START = 3  # a worker's exit status when its configuration cannot be served
+_PR_SET_PDEATHSIG = 1
+_supervisor: int | None = None  # in a worker, the supervisor's pid
 # The signals a supervisor passes on to its workers.
 _RELAYED = (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+# A worker dying at once again is not restarted in a tight loop.
 _RESTART_DELAY = 1.0
 # How long a draining runtime keeps idle keep-alive connections for a last request (answered
 # with Connection: close): a busy client sends one within this; an idle one is closed after.
-IDLE_GRACE = 1.0  # a worker dying at once again is not restarted in a tight loop
+IDLE_GRACE = 1.0
 
 
 def notify(message: str) -> None:
@@ -90,7 +98,8 @@ class Worker:
         self._stop = asyncio.Event()
         self._interrupts = 0
         self._retired: set[asyncio.Task[None]] = set()
-        self._reloading: set[asyncio.Task[bool]] = set()
+        self._reloading: asyncio.Task[None] | None = None
+        self._reload_again = False
 
     def _runtime(self, config: Config, document: Document) -> Runtime:
         runtime = Runtime(config, document, reuse_port=self._reuse_port, exporter=self.exporter)
@@ -106,10 +115,8 @@ class Worker:
             loop.add_signal_handler(sig, self._stop.set)
         if self._alone:
             loop.add_signal_handler(signal.SIGINT, self._interrupt)
-        else:
-            # A worker: Ctrl-C reaches the whole process group, so the supervisor alone reads it
-            # (and sends SIGTERM, then SIGKILL on a second one).
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # (A worker leaves SIGINT ignored: Ctrl-C reaches the whole process group, and the
+        # supervisor alone reads it, sending SIGTERM, then SIGKILL on a second one.)
         loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
         config = self.runtime.config
@@ -142,9 +149,19 @@ class Worker:
         self.runtime.reopen_logs()
 
     def _on_hangup(self) -> None:
-        task = asyncio.get_running_loop().create_task(self.reload())
-        self._reloading.add(task)
-        task.add_done_callback(self._reloading.discard)
+        # One reload at a time: two at once would both replace the same runtime. A SIGHUP
+        # during a reload asks for one more after it (the file may have changed again).
+        if self._reloading is not None and not self._reloading.done():
+            self._reload_again = True
+            return
+        self._reloading = asyncio.get_running_loop().create_task(self._reload_while_asked())
+
+    async def _reload_while_asked(self) -> None:
+        while True:
+            self._reload_again = False
+            await self.reload()
+            if not self._reload_again:
+                return
 
     async def reload(self) -> bool:
         """Read and validate the configuration again; keep the old one if it is bad."""
@@ -164,6 +181,8 @@ class Worker:
             for problem in exc.problems:
                 log.error("reload refused: %s", problem)
             log.error("reload refused: the running configuration stays")
+            # Server weights saved by another worker's admin action still apply.
+            self.runtime.restore_weights()
             return False
         old = self.runtime
         if _bindings(config) == _bindings(old.config):
@@ -194,7 +213,8 @@ class Worker:
 def _reload_siblings() -> None:
     """The admin API changed the state file in this worker: the supervisor has every worker
     read it again (this one too, which finds nothing new)."""
-    os.kill(os.getppid(), signal.SIGHUP)
+    if _supervisor is not None and os.getppid() == _supervisor:  # not orphaned
+        os.kill(_supervisor, signal.SIGHUP)
 
 
 def _bindings(config: Config) -> tuple[object, ...]:
@@ -217,7 +237,9 @@ def run(path: str, pid_file: str | None) -> int:
         write_pid_file(pid_file)
     try:
         if workers == 1:
-            _serve_here(path, config, document, reuse_port=True, alone=True)
+            # No SO_REUSEPORT: a second instance on the same addresses fails to start rather
+            # than take half the traffic (reloads inherit the sockets instead).
+            _serve_here(path, config, document, reuse_port=False, alone=True)
             return 0
         with _metrics_directory():
             return Supervisor(path, config, workers).run()
@@ -271,48 +293,72 @@ class Supervisor:
     def run(self) -> int:
         for sig in _RELAYED:
             signal.signal(sig, self._signal)
-        for _ in range(self._workers):
-            self._fork()
+        first = {self._fork() for _ in range(self._workers)}
         notify("READY=1")
         log.info("supervisor %d started %d workers", os.getpid(), self._workers)
+        code = 0
         while self._children:
             try:
                 pid, status = os.wait()
             except ChildProcessError:
                 break
-            except InterruptedError:
-                continue
             started = self._children.pop(pid, None)
             if started is None:
                 continue
             worker_exited(pid)
             if self._stopping:
                 continue
+            if pid in first and os.WIFEXITED(status) and os.WEXITSTATUS(status) == _CANNOT_START:
+                # The configuration cannot be served (a port in use, say): restarting would
+                # fail the same way forever, and one worker alone would say so by exiting.
+                log.error("worker %d could not start; stopping the others", pid)
+                code = _CANNOT_START
+                self._signal(signal.SIGTERM, None)
+                continue
             log.error("worker %d exited (%s); starting another", pid, _describe(status))
             if time.monotonic() - started < _RESTART_DELAY:
                 time.sleep(_RESTART_DELAY)
-            self._fork()
-        return 0
+            if not self._stopping:  # not told to stop during the pause
+                self._fork()
+        return code
 
-    def _fork(self) -> None:
-        pid = os.fork()
-        if pid == 0:  # the worker: its own loop, default signal dispositions, no supervisor state
-            for sig in _RELAYED:
-                signal.signal(sig, signal.SIG_DFL)
-            code = 0
-            try:
-                config, document = load_with_state(self._path)
-                _serve_here(self._path, config, document, reuse_port=True, alone=False)
-            except (ConfigError, StartupError) as exc:
-                log.error("worker %d cannot start: %s", os.getpid(), exc)
-                code = 3
-            except BaseException:
-                log.exception("worker %d failed", os.getpid())
-                code = 1
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        self._children[pid] = time.monotonic()
+    def _fork(self) -> int:
+        # Signals wait until the new worker is counted, or one sent in between would miss it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _RELAYED)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._become_worker()  # never returns
+            self._children[pid] = time.monotonic()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _RELAYED)
+        return pid
+
+    def _become_worker(self) -> None:
+        """The worker: its own loop, no supervisor state. Reloads and log reopening wait until
+        it serves (ignored before: the configuration it loads is the newest anyway); Ctrl-C is
+        the supervisor's."""
+        global _supervisor  # noqa: PLW0603 -- this process's one supervisor, for on_change
+        _supervisor = os.getppid()
+        for sig in (signal.SIGTERM, signal.SIGQUIT):
+            signal.signal(sig, signal.SIG_DFL)
+        for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _RELAYED)
+        _die_with_parent()
+        code = 0
+        try:
+            config, document = load_with_state(self._path)
+            _serve_here(self._path, config, document, reuse_port=True, alone=False)
+        except (ConfigError, StartupError) as exc:
+            log.error("worker %d cannot start: %s", os.getpid(), exc)
+            code = _CANNOT_START
+        except BaseException:
+            log.exception("worker %d failed", os.getpid())
+            code = 1
+        finally:
+            logging.shutdown()
+            os._exit(code)
 
     def _signal(self, signum: int, frame: object) -> None:
         if signum == signal.SIGHUP:
@@ -330,6 +376,18 @@ class Supervisor:
                 os.kill(pid, signum)
         if signum == signal.SIGHUP:
             notify("READY=1")
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to send SIGTERM should the supervisor die (a worker would otherwise serve on,
+    orphaned, with nobody to relay signals or restart it); elsewhere, nothing."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != _supervisor:  # it died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _describe(status: int) -> str:

@@ -19,6 +19,7 @@ status codes, kinds and reasons. A raw path or client address is never a label.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import platform
 import time
@@ -29,6 +30,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 
 from lbproxy import __version__
+from lbproxy.accesslog import AccessLog
 from lbproxy.admin import AdminError, AdminRequest, Handler, Reply
 from lbproxy.metrics import CONNECT_BUCKETS, DURATION_BUCKETS, GroupStats, Stats
 from lbproxy.metrics import Histogram as Counts
@@ -87,6 +89,7 @@ class Exporter:
         self._define(registry)
         self._connections = 0
         self._dropped = 0
+        self._dropped_log: AccessLog | None = None
         self._gauge_labels: dict[Gauge, set[tuple[str, ...]]] = {}
         self._timer: asyncio.TimerHandle | None = None
 
@@ -212,8 +215,7 @@ class Exporter:
             for (method, status), n in api.take_requests().items():
                 self.requests.labels(api.name, _METHODS.get(method, "OTHER"), str(status)).inc(n)
             _add(self.duration.labels(api.name), api.duration)
-        retired, stats.retired = stats.retired, []
-        for group in (*stats.groups.values(), *retired):
+        for group in stats.groups.values():
             self._flush_group(group)
         rejected, stats.rejected = stats.rejected, {}
         for reason, n in rejected.items():
@@ -274,13 +276,19 @@ class Exporter:
         parser = runtime.config.gateway.http_parser
         put(self.build_info, (__version__, platform.python_version(), parser), 1)
         log = runtime.access_log
+        if log is not self._dropped_log:  # another log (a reload): its count starts at 0
+            self._dropped_log, self._dropped = log, 0
         if log is not None and log.dropped > self._dropped:
             self.dropped.inc(log.dropped - self._dropped)
             self._dropped = log.dropped
-        # Servers and pools gone with a reload are no longer reported.
+        # Servers and pools gone with a reload are no longer reported. Multiprocess mode
+        # cannot remove a series from its files: NaN there, which no comparison matches.
         for gauge, before in self._gauge_labels.items():
             for labels in before - seen.get(gauge, set()):
-                gauge.remove(*labels)
+                if self.multiprocess:
+                    gauge.labels(*labels).set(math.nan)
+                else:
+                    gauge.remove(*labels)
         self._gauge_labels = seen
 
     # -- serving ------------------------------------------------------------------------------
@@ -323,8 +331,13 @@ def check_histogram_layout() -> None:
     otherwise than ``_add`` relies on: a histogram fed by ``_add`` must read like one fed by
     ``observe``."""
     bounds = (1.0, 2.0)
-    added = Histogram("probe_seconds", "", buckets=bounds, registry=None)
-    observed = Histogram("probe_seconds", "", buckets=bounds, registry=None)
+    # In memory even in multiprocess mode: the probes must not reach the shared files.
+    value_class, values.ValueClass = values.ValueClass, values.MutexValue
+    try:
+        added = Histogram("probe_seconds", "", buckets=bounds, registry=None)
+        observed = Histogram("probe_seconds", "", buckets=bounds, registry=None)
+    finally:
+        values.ValueClass = value_class
     counts = Counts(bounds)
     for value in (0.5, 1.5, 1.5, 3.0):
         counts.observe(value)

@@ -166,13 +166,13 @@ class GroupCounts:
 class Stats:
     """The process's counts: one per worker, kept across reloads."""
 
-    __slots__ = ("apis", "connections", "groups", "rejected", "reloads", "retired", "unrouted")
+    __slots__ = ("apis", "connections", "groups", "rejected", "reloads", "unrouted")
 
     def __init__(self) -> None:
         self.apis: dict[str, ApiStats] = {}
-        self.groups: dict[str, GroupStats] = {}
-        # Groups replaced by a reload (other servers): counted once more, then forgotten.
-        self.retired: list[GroupStats] = []
+        # By name and servers: a reload that changes a group's servers makes new stats, and
+        # the old ones still count the requests of a runtime draining (or a reload refused).
+        self.groups: dict[tuple[str, tuple[str, ...]], GroupStats] = {}
         self.unrouted = ApiStats("")  # refused before an API was found: 400, 404, 403...
         self.rejected: dict[str, int] = {}  # by rejection reason (errors.HTTPError.rejection)
         self.connections = 0  # client connections accepted
@@ -185,13 +185,11 @@ class Stats:
         return stats
 
     def group(self, name: str, servers: Sequence[str]) -> GroupStats:
-        """The group's stats; new ones (the old retired) when its servers changed."""
-        stats = self.groups.get(name)
-        if stats is not None and stats.servers == tuple(servers):
-            return stats
-        if stats is not None:
-            self.retired.append(stats)
-        stats = self.groups[name] = GroupStats(name, servers)
+        """The stats of the group ``name`` with these servers (the same across reloads)."""
+        key = (name, tuple(servers))
+        stats = self.groups.get(key)
+        if stats is None:
+            stats = self.groups[key] = GroupStats(name, servers)
         return stats
 
     def reject(self, reason: str) -> None:

@@ -99,7 +99,7 @@ class Recording(UpstreamTries):
                 route.name if route is not None else None,
                 upstream,
                 status if self._response_started else None,
-                self._connect_time if self._connect_time >= 0 else None,
+                self._connect_time if self._tries and self._connect_time >= 0 else None,
                 response_time,
                 max(0, self._tries - 1),
                 self._request_id if head is not None else b"-",

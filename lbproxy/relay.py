@@ -68,6 +68,16 @@ _REQUEST_ID_PREFIX = os.urandom(6).hex().encode()
 _request_numbers = itertools.count(1)
 
 
+def _new_request_ids() -> None:
+    """A forked worker must not repeat its supervisor's (and siblings') request ids."""
+    global _REQUEST_ID_PREFIX, _request_numbers  # noqa: PLW0603
+    _REQUEST_ID_PREFIX = os.urandom(6).hex().encode()
+    _request_numbers = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_request_ids)
+
+
 class ClientConnection(Recording, asyncio.Protocol):
     __slots__ = (
         "_body_limit",
@@ -530,6 +540,7 @@ class ClientConnection(Recording, asyncio.Protocol):
                 elif kind == _END:
                     self._end_request()
                 else:
+                    self._started = perf_counter()  # recorded, with "-" for what it lacks
                     self._fail_request(payload, close=True)
         finally:
             self._replaying = False

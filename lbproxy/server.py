@@ -102,8 +102,8 @@ class Runtime:
         self._inherit: dict[HostPort, Listening] = {}
         self.addresses: list[HostPort] = []
         self.access_log: AccessLog | None = None
-        # Called after the admin API changed the authorizations (and saved them): the daemon
-        # has the other workers read them.
+        # Called after the admin API saved a change (authorizations, server weights): the
+        # daemon has the other workers read it.
         self.on_change: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
@@ -143,7 +143,7 @@ class Runtime:
                 if fixed is not None:
                     fixed.resolve = _fixed(routes.listener_routes[listener_key(lb, listener)])
         loop = asyncio.get_running_loop()
-        self._restore_weights(loop.time())
+        self.restore_weights(loop.time())
         live = {id(g) for g in routes.groups.values()}
         for checker in [c for c in self.checkers if id(c.group) not in live]:
             self.checkers.remove(checker)
@@ -160,8 +160,13 @@ class Runtime:
             old.close(timeout=0)  # its thread writes what is queued, then ends
 
     def listening(self) -> dict[HostPort, Listening]:
-        """The listening sockets by the address the configuration gives them."""
-        return {address: server.sockets[0] for address, server in self._listening.items()}
+        """The listening sockets by the address the configuration gives them (the admin
+        listener's too)."""
+        sockets = {address: server.sockets[0] for address, server in self._listening.items()}
+        admin = self.admin.listening() if self.admin is not None else None
+        if admin is not None and self.config.gateway.admin_listen is not None:
+            sockets[self.config.gateway.admin_listen] = admin
+        return sockets
 
     async def start(self, inherit: dict[HostPort, Listening] | None = None) -> None:
         """Bind and serve. ``inherit``: the listening sockets of a runtime this one replaces
@@ -194,19 +199,20 @@ class Runtime:
             await self.stop()
             raise
         self._sweeper = loop.call_later(_SWEEP_INTERVAL, self._sweep)
-        self._restore_weights(loop.time())
+        self.restore_weights(loop.time())
         self._start_checks(loop)
         if self._own_exporter:
             self.exporter.start(loop)
         await self._start_admin()
 
-    def _restore_weights(self, now: float) -> None:
+    def restore_weights(self, now: float | None = None) -> None:
         """The server weights saved by the admin API's actions (state.py), over the configured
         ones; a server without an entry gets its configured weight back (another worker may
         have enabled it)."""
         path = state_path(self.config)
         if path is None:
-            return  # runtime changes then live in this process only, and a reload keeps them
+            return  # runtime changes live in this process only (an in-place reload keeps them)
+        now = asyncio.get_running_loop().time() if now is None else now
         try:
             saved = read_weights(path)
         except ConfigError as exc:
@@ -225,7 +231,8 @@ class Runtime:
         if gw.admin_listen is None or self._document is None:
             return
         api = AuthorizationsAPI(self, self._document, state_path(self.config), admin_token(gw))
-        self.admin = AdminServer(api, gw.admin_listen, self._reuse_port)
+        inherited = self._inherit.get(gw.admin_listen) if gw.admin_listen[1] else None
+        self.admin = AdminServer(api, gw.admin_listen, self._reuse_port, inherited)
         self.admin.add(self.exporter.handler())
         self.admin.add(status.handler(self))
         try:

@@ -19,11 +19,14 @@ old one, then the directory fsync'ed; a crash leaves the old list or the new one
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import json
 import os
 import tempfile
 import tomllib
+from collections.abc import Iterator
 from typing import Any
 
 from lbproxy.config import Config
@@ -95,18 +98,31 @@ def read_weights(path: str) -> Weights:
     return servers
 
 
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[None]:
+    """Hold the state file's lock (``PATH.lock``, flock) for a read-modify-write: workers
+    saving at once would otherwise lose each other's changes."""
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def save_weight(path: str, listener: str, server: str, weight: int | None) -> None:
     """Save one server's weight (None: back to the configured one, the entry removed); the
     rest of the file is kept."""
-    data = _read(path) or {}
-    weights = read_weights(path)
-    hosts = weights.setdefault(listener, {})
-    if weight is None:
-        hosts.pop(server, None)
-    else:
-        hosts[server] = weight
-    data["servers"] = {name: hosts for name, hosts in weights.items() if hosts}
-    _write(path, data)
+    with _locked(path):
+        data = _read(path) or {}
+        weights = read_weights(path)
+        hosts = weights.setdefault(listener, {})
+        if weight is None:
+            hosts.pop(server, None)
+        else:
+            hosts[server] = weight
+        data["servers"] = {name: hosts for name, hosts in weights.items() if hosts}
+        _write(path, data)
 
 
 def with_authorizations(
@@ -136,9 +152,10 @@ def load_with_state(path: str) -> tuple[Config, Document]:
 
 def save_state(path: str, authorizations: list[AuthorizationFields]) -> None:
     """Save the whole list of authorizations; the saved server weights are kept."""
-    data = _read(path) or {}
-    data["authorizations"] = authorizations
-    _write(path, data)
+    with _locked(path):
+        data = _read(path) or {}
+        data["authorizations"] = authorizations
+        _write(path, data)
 
 
 def _write(path: str, data: dict[str, Any]) -> None:

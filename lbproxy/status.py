@@ -68,6 +68,14 @@ _ACTION = re.compile(r"^/admin/servers/([^/]+)/([^/]+)/(drain|enable|weight)$")
 _ACTION_METHODS = {"drain": "POST", "enable": "POST", "weight": "PUT"}
 # This module is imported as the runtime is built, which is close enough to the process start.
 _STARTED = time.time()
+
+
+def _restarted() -> None:
+    global _STARTED  # noqa: PLW0603 -- a forked worker's uptime starts with it
+    _STARTED = time.time()
+
+
+os.register_at_fork(after_in_child=_restarted)
 _HTML = b"text/html; charset=utf-8"
 
 

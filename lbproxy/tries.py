@@ -117,6 +117,7 @@ class UpstreamTries:
             # is the ClientConnection, an UpstreamClient; cast() would cost a call per request.
             upstream.send(self, head.method, data, self._write_paused)  # type: ignore[arg-type]
         else:
+            self._connect_time = -1.0  # until connected
             self._send_buffer = [data]
             self._connect_task = ctx.loop.create_task(self._connect(endpoint, head.method))
 
