@@ -100,7 +100,10 @@ class Pinning:
     def describe_workers(self, workers: int) -> str:
         cpus = self.proxy_cpus_for(workers)
         if cpus is None:
-            return f"lbproxy with {workers} workers not pinned (no {workers - 1} spare CPUs)"
+            return (
+                f"lbproxy with {workers} workers not pinned (pinning them needs {workers + 1} "
+                f"usable CPUs): they share every CPU with wrk and the backends"
+            )
         return f"lbproxy with {workers} workers on CPU {_cpu_list(cpus)}"
 
 

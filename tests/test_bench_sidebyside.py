@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
-sys.path.insert(0, str(BENCH))
+sys.path.append(str(BENCH))
 
 from benchkit import BenchError  # noqa: E402
 from sidebyside import parse_args  # noqa: E402
