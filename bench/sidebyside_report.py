@@ -226,9 +226,7 @@ def write_chart(loads: Sequence[LoadReport], path: Path) -> bool:
     except ImportError:
         print("matplotlib is not importable: skipping the chart (pip install matplotlib)")
         return False
-    figure, axes_row = plt.subplots(
-        1, len(loads), figsize=(4.5 * len(loads), 4.5), squeeze=False, sharey=True
-    )
+    figure, axes_row = plt.subplots(1, len(loads), figsize=(4.5 * len(loads), 4.5), squeeze=False)
     for axes, load in zip(axes_row[0], loads, strict=True):
         names = [s.target for s in load.summaries if load.ratios[s.target].req_per_s is not None]
         values = [load.ratios[name].req_per_s or 0.0 for name in names]
