@@ -22,6 +22,10 @@ CHECK_TYPES = ("http", "tcp")
 BACKEND_TYPES = ("vpc", "http", "https")
 AUTH_MODES = ("anonymous", "app")
 StatusRange = tuple[int, int]
+# Request limits the parser engines default to as well (http.py), so a parser built without
+# a configuration holds the same line.
+MAX_REQUEST_LINE = 8 * 1024
+MAX_HEADER_COUNT = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,18 @@ class GatewayConfig:
     upstream_timeout: float = 60.0
     max_header_size: int = 64 * 1024
     max_body_size: int = 1024**3
+    # The request line (method, target, version; nginx's default buffer is 8 KiB too) and the
+    # number of header fields (Apache's LimitRequestFields, Envoy's max_headers_count).
+    max_request_line: int = MAX_REQUEST_LINE
+    max_header_count: int = MAX_HEADER_COUNT
+    # Per worker process: past it a new client connection is answered 503 and closed.
+    max_client_connections: int = 10_000
+    # Requests served on one client connection; the last one is answered with Connection: close
+    # (nginx's keepalive_requests), so no connection holds a worker's state forever.
+    max_requests_per_connection: int = 1000
+    # Longest wait for the next bytes of a request body (nginx's client_body_timeout): a
+    # stalled upload is answered 408, never blamed on the upstream.
+    client_body_timeout: float = 60.0
     upstream_max_idle: int = 64
     upstream_idle_timeout: float = 60.0
     # The admin API's bearer token, inline or the name of the environment variable holding it

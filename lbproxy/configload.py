@@ -65,6 +65,7 @@ def _read_gateway(r: Reader, base_dir: str) -> GatewayConfig | None:
         upstream_timeout=r.seconds("upstream_timeout", default.upstream_timeout),
         max_header_size=r.integer("max_header_size", default.max_header_size, 1024, 1024**2),
         max_body_size=r.integer("max_body_size", default.max_body_size, 0, 2**62),
+        **_read_limits(r, default),
         upstream_max_idle=r.integer("upstream_max_idle", default.upstream_max_idle, 0, 100_000),
         upstream_idle_timeout=r.seconds("upstream_idle_timeout", default.upstream_idle_timeout),
         **access,
@@ -75,6 +76,22 @@ def _read_gateway(r: Reader, base_dir: str) -> GatewayConfig | None:
 
 
 _MAX_WORKERS = 1024
+
+
+def _read_limits(r: Reader, default: GatewayConfig) -> dict[str, Any]:
+    """The keys bounding what one client may hold: request line, header count, connections,
+    requests per connection, the body's pace."""
+    return {
+        "max_request_line": r.integer("max_request_line", default.max_request_line, 256, 1024**2),
+        "max_header_count": r.integer("max_header_count", default.max_header_count, 1, 10_000),
+        "max_client_connections": r.integer(
+            "max_client_connections", default.max_client_connections, 1, 1_000_000
+        ),
+        "max_requests_per_connection": r.integer(
+            "max_requests_per_connection", default.max_requests_per_connection, 1, 2**31
+        ),
+        "client_body_timeout": r.seconds("client_body_timeout", default.client_body_timeout),
+    }
 
 
 def _read_operations(r: Reader, base_dir: str) -> dict[str, Any]:

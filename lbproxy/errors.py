@@ -97,9 +97,23 @@ class RequestTimeout(HTTPError):
     rejection = "limits"
 
 
+class BodyTimeout(RequestTimeout):
+    """The request body stalled: no byte of it for ``client_body_timeout`` seconds."""
+
+    reason = "body_timeout"
+
+
 class PayloadTooLarge(HTTPError):
     status = 413
     reason = "body_too_large"
+    rejection = "limits"
+
+
+class RequestLineTooLong(HTTPError):
+    """The request line is longer than ``max_request_line`` (nginx answers 414 too)."""
+
+    status = 414
+    reason = "request_line_too_long"
     rejection = "limits"
 
 
@@ -144,6 +158,13 @@ class UpstreamClosed(BadGateway):
 class ServiceUnavailable(HTTPError):
     status = 503
     reason = "no_upstream_available"
+
+
+class TooManyConnections(ServiceUnavailable):
+    """A client connection past ``max_client_connections``: answered, then closed."""
+
+    reason = "too_many_connections"
+    rejection = "limits"
 
 
 class ShuttingDown(ServiceUnavailable):
