@@ -9,6 +9,8 @@ so what goes upstream is always re-framed canonically (one Content-Length, or ch
 
 from __future__ import annotations
 
+import re
+
 from lbproxy.errors import BadRequest, NotImplementedByGateway, UpstreamProtocolError
 
 # Hop-by-hop headers (RFC 9110 7.6.1), plus those whose values lbproxy recomputes.
@@ -108,9 +110,11 @@ class ResponseHead:
 
 
 # What a header is to lbproxy. Zero: end-to-end, forwarded as is; the rest are read here.
-_E2E, _HOST, _LENGTH, _TE, _CONNECTION, _EXPECT, _XFF, _VIA, _REQUEST_ID, _UPGRADE, _DROP = range(
-    11
-)
+# _LOOKALIKE: a request header that becomes one of the special ones when "_" is read as "-", as
+# CGI-style backends do (HTTP_CONTENT_LENGTH, HTTP_X_FORWARDED_FOR): refused, since it could
+# pass for the header lbproxy framed or added (nginx drops such names by default).
+_E2E, _HOST, _LENGTH, _TE, _CONNECTION, _EXPECT, _XFF, _VIA, _REQUEST_ID, _UPGRADE = range(10)
+_DROP, _LOOKALIKE = 10, 11
 _SPECIAL_KINDS = {
     b"host": _HOST,
     b"content-length": _LENGTH,
@@ -132,19 +136,39 @@ class _KindCache(dict[bytes, int]):
     one dict hit replaces a ``lower()`` and a lookup per header; bounded, since names come
     from clients and upstreams."""
 
-    def __init__(self, kinds: dict[bytes, int]) -> None:
+    def __init__(self, kinds: dict[bytes, int], lookalikes: bool) -> None:
         super().__init__()
         self._kinds = kinds
+        self._lookalikes = lookalikes
 
     def __missing__(self, name: bytes) -> int:
-        kind = self._kinds.get(name.lower(), _E2E)
+        lower = name.lower()
+        kind = self._kinds.get(lower, _E2E)
+        if self._lookalikes and not kind and lower.replace(b"_", b"-") in self._kinds:
+            kind = _LOOKALIKE
         if len(self) < 4096:
             self[name] = kind
         return kind
 
 
-_request_kinds = _KindCache(_REQUEST_KINDS)
-_response_kinds = _KindCache(_RESPONSE_KINDS)
+_request_kinds = _KindCache(_REQUEST_KINDS, lookalikes=True)
+_response_kinds = _KindCache(_RESPONSE_KINDS, lookalikes=False)
+
+# RFC 9112 3.2: Host = uri-host [ ":" port ], where uri-host is an IP literal or a reg-name
+# (unreserved, pct-encoded, sub-delims). Anything else ("a b", "a/b", "a@b", "a:80:90") is
+# a value a backend might split differently, so the request is refused.
+_HOST_SYNTAX = re.compile(
+    rb"(?:\[[0-9A-Za-z:._~!$&'()*+,;=%-]+\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)(?::[0-9]*)?"
+)
+# Hosts seen valid: they repeat from request to request, so one set lookup replaces a match.
+_valid_hosts: set[bytes] = set()
+
+
+def _check_host(value: bytes) -> None:
+    if _HOST_SYNTAX.fullmatch(value) is None:
+        raise BadRequest(f"invalid Host {value[:60]!r}")
+    if len(_valid_hosts) < 4096:  # bounded: hosts come from clients
+        _valid_hosts.add(value)
 
 
 class _Connection:
@@ -241,6 +265,8 @@ def analyze_request(head: RequestHead) -> None:
         if kind == _HOST:
             if head.host is not None:
                 raise BadRequest("more than one Host header")
+            if value not in _valid_hosts:
+                _check_host(value)
             head.host = value
         elif kind == _LENGTH:
             length = _parse_content_length(value, length, BadRequest)
@@ -261,8 +287,8 @@ def analyze_request(head: RequestHead) -> None:
             head.via = value if head.via is None else head.via + b", " + value
         elif kind == _REQUEST_ID:
             head.request_id = value
-        elif kind == _UPGRADE:
-            raise NotImplementedByGateway("protocol upgrades are not supported")
+        elif kind in _REFUSED:
+            _refuse(kind, header[0])
     if te is not None or length is not None or head.method == b"CONNECT":
         _decide_request_framing(head, te, length)
     if head.http11 and head.host is None:
@@ -271,6 +297,15 @@ def analyze_request(head: RequestHead) -> None:
         head.keep_alive = connection.persists(head.http11)
         if connection.named is not None:
             head.kept = connection.drop_named(kept)
+
+
+_REFUSED = frozenset({_UPGRADE, _LOOKALIKE})
+
+
+def _refuse(kind: int, name: bytes) -> None:
+    if kind == _UPGRADE:
+        raise NotImplementedByGateway("protocol upgrades are not supported")
+    raise BadRequest(f"header name {name[:40]!r} passes for a framing or gateway one")
 
 
 def _decide_request_framing(head: RequestHead, te: bytes | None, length: int | None) -> None:
@@ -310,8 +345,12 @@ def analyze_response(head: ResponseHead, request_method: bytes) -> None:
             te = header[1]
         elif kind == _CONNECTION:
             connection = _connection(connection, header[1])
-    if te is not None and length is not None:
-        raise UpstreamProtocolError("both Content-Length and Transfer-Encoding")
+    if te is not None:
+        if length is not None:
+            raise UpstreamProtocolError("both Content-Length and Transfer-Encoding")
+        if not head.http11:
+            # RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+            raise UpstreamProtocolError("Transfer-Encoding in an HTTP/1.0 response")
     status = head.status
     if status == 101:
         # lbproxy never forwards Upgrade, so nothing was asked to switch.
@@ -370,6 +409,7 @@ _STATUS_LINES = {
         405: b"Method Not Allowed",
         408: b"Request Timeout",
         413: b"Content Too Large",
+        414: b"URI Too Long",
         417: b"Expectation Failed",
         429: b"Too Many Requests",
         431: b"Request Header Fields Too Large",
