@@ -119,8 +119,6 @@ class Worker:
         # supervisor alone reads it, sending SIGTERM, then SIGKILL on a second one.)
         loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
-        # A worker kept them blocked while starting: one sent meanwhile is delivered now.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGHUP, signal.SIGUSR1))
         config = self.runtime.config
         log.info(
             "lbproxy %s serving %d API(s) in pid %d", __version__, len(config.apis), os.getpid()
@@ -338,14 +336,15 @@ class Supervisor:
 
     def _become_worker(self) -> None:
         """The worker: its own loop, no supervisor state. Reloads and log reopening wait until
-        it serves (blocked until then, so none is lost); Ctrl-C is the supervisor's."""
+        it serves (ignored before: the configuration it loads is the newest anyway); Ctrl-C is
+        the supervisor's."""
         global _supervisor  # noqa: PLW0603 -- this process's one supervisor, for on_change
         _supervisor = os.getppid()
-        for sig in (signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1):
+        for sig in (signal.SIGTERM, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        # SIGHUP and SIGUSR1 stay blocked (pending, not lost) until the loop handles them.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT))
+        for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _RELAYED)
         _die_with_parent()
         code = 0
         try:
