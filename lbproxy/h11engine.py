@@ -43,7 +43,6 @@ from lbproxy.strict import (
 if TYPE_CHECKING:
     from lbproxy.http import RequestSink, ResponseSink
 
-BodyReader = ChunkedReader | LengthReader
 _EMPTY_LINE = b"\r\n\r\n"
 
 
@@ -64,6 +63,29 @@ def _partial_target(line: bytes) -> bytes:
 def _target_begun(buffer: bytes) -> bool:
     """Whether a head begun in ``buffer`` has reached its target (llhttp's first on_url)."""
     return bool(buffer) and bool(_partial_target(buffer.partition(b"\r\n")[0]))
+
+
+def _chunked_with_tab(lines: list[bytes]) -> bool:
+    """A Transfer-Encoding field whose trailing whitespace holds an HTAB ("chunked<HTAB>"):
+    framing reads it as chunked, llhttp does not (it refuses such a request, and reads such a
+    response's body raw, to the connection's end)."""
+    for line in lines:
+        name, _, value = line.partition(b":")
+        if name.lower() == b"transfer-encoding" and b"\t" in value[len(value.rstrip(b" \t")) :]:
+            return True
+    return False
+
+
+class _NoData:
+    """A body no reading of which can be trusted: any byte of it is an error."""
+
+    done = False
+
+    def feed(self, buf: bytes, pos: int) -> int:
+        raise UpstreamProtocolError("Transfer-Encoding not read as chunked")
+
+
+BodyReader = ChunkedReader | LengthReader | _NoData
 
 
 def _check_framing_fields(fields: list[framing.Header], error: type[HTTPError]) -> None:
@@ -192,6 +214,8 @@ class H11RequestParser:
             raise BadRequest(f"HTTP/{version.decode()} is not supported")
         head = RequestHead(method, target, version == b"1.1", fields)
         framing.analyze_request(head)
+        if head.chunked and _chunked_with_tab(lines):
+            raise BadRequest("invalid Transfer-Encoding")
         self._held = head
         self._keep_alive = head.keep_alive
         if head.chunked:
@@ -325,7 +349,9 @@ class H11ResponseParser:
         head = ResponseHead(status, b"", version == b"1.1", fields)
         framing.analyze_response(head, self._method)
         self._sink.on_response_head(head)
-        if head.bodiless:
+        if head.chunked and not head.bodiless and _chunked_with_tab(lines):
+            self._body = _NoData()
+        elif head.bodiless:
             if status >= 200:
                 self._end_response()
         elif head.chunked:

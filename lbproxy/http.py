@@ -33,6 +33,7 @@ from lbproxy.strict import HeadLimits, check_idle_reads, check_trailers, trailer
 
 # What an upstream's response head may take (nginx's proxy_buffer_size is 4-8 KiB).
 MAX_RESPONSE_HEAD = 64 * 1024
+_NOT_CHUNKED, _CHUNKED_UNCONFIRMED, _CHUNKED = 0, 1, 2
 
 
 class RequestSink(Protocol):
@@ -246,8 +247,9 @@ class HttptoolsResponseParser:
         self._status = 0
         self._idle = 0  # bytes of earlier reads of this exchange that carried no body data
         self._fed_body = False  # this read carried body data
-        self._chunked = False  # a chunked body began: its trailer fields follow its head's
-        self._fields = 0
+        # Whether the body is chunked, and whether llhttp read it so too (a chunk header came).
+        self._chunked = _NOT_CHUNKED
+        self._fields = 0  # the head's fields: trailer fields follow them in _headers
 
     def expect(self, method: bytes, sink: ResponseSink) -> None:
         self._sink = sink
@@ -281,7 +283,7 @@ class HttptoolsResponseParser:
         head = ResponseHead(status, b"", http11, self._headers)
         framing.analyze_response(head, self._method)
         if head.chunked:
-            self._chunked = True
+            self._chunked = _CHUNKED_UNCONFIRMED
             self._fields = len(self._headers)
         else:
             self._close_delimited = head.content_length == CLOSE_DELIMITED
@@ -291,15 +293,22 @@ class HttptoolsResponseParser:
             self._expecting = False
             self._sink.on_response_end()
 
+    def on_chunk_header(self) -> None:
+        self._chunked = _CHUNKED
+
     def on_body(self, body: bytes) -> None:
         if self._skip_body:
             raise UpstreamProtocolError("body bytes after a response to HEAD")
+        if self._chunked == _CHUNKED_UNCONFIRMED:
+            # llhttp reads "Transfer-Encoding: chunked<HTAB>" as not chunked: its data would
+            # be the raw chunk framing, so no reading of this body can be trusted.
+            raise UpstreamProtocolError("Transfer-Encoding not read as chunked")
         self._fed_body = True
         self._sink.on_response_body(body)
 
     def on_message_complete(self) -> None:
         if self._chunked:
-            self._chunked = False
+            self._chunked = _NOT_CHUNKED
             check_trailers(self._headers[self._fields :], self._limit, UpstreamProtocolError)
         # llhttp ends a 1xx interim response as a message of its own; the exchange goes on.
         if not self._skip_body and self._status >= 200:

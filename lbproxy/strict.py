@@ -251,7 +251,13 @@ def check_partial_request(raw: bytes, error: type[HTTPError]) -> None:
     check_line_ends(raw, error)
     line, crlf, rest = raw.partition(b"\r\n")
     if not crlf:
-        _check_partial_request_line(line.removesuffix(b"\r"), error)
+        if line.endswith(b"\r"):  # a line that ends here: whole (llhttp reads HTTP/0.9 too)
+            if _REQUEST_LINE_09.fullmatch(line[:-1]):
+                _check_partial_request_line(line[:-1] + b" ", error)
+            else:
+                read_request_line(line[:-1], error)
+        else:
+            _check_partial_request_line(line, error)
         return
     read_request_line(line, error)
     _check_partial_fields(rest, error, request=True)
@@ -263,7 +269,10 @@ def check_partial_response(raw: bytes) -> None:
     check_line_ends(raw, error)
     line, crlf, rest = raw.partition(b"\r\n")
     if not crlf:
-        _check_partial_status_line(line.removesuffix(b"\r"))
+        if line.endswith(b"\r"):
+            read_status_line(line[:-1])
+        else:
+            _check_partial_status_line(line)
         return
     read_status_line(line)
     _check_partial_fields(rest, error, request=False)

@@ -532,6 +532,11 @@ REQUESTS = (
             BadRequest,
         ),
         # Transfer-Encoding.
+        bad(
+            "te-chunked-then-tab",
+            _post_with("Transfer-Encoding: chunked\t", data=b"1\r\nx\r\n0\r\n\r\n"),
+            BadRequest,
+        ),
         bad("te-with-parameter", _post_with("Transfer-Encoding: chunked;q=1"), BadRequest),
         bad("te-empty", _post_with("Transfer-Encoding:"), BadRequest),
         bad("te-x-chunked", _post_with("Transfer-Encoding: xchunked"), BadRequest),
@@ -1055,6 +1060,19 @@ RESPONSES = (
             UpstreamProtocolError,
             resp(chunked=True),
             body(b"abc"),
+        ),
+        # llhttp reads "chunked<HTAB>" as not chunked: the body is refused, never relayed raw.
+        rbad(
+            "te-chunked-then-tab",
+            get(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\t\r\n\r\n1\r\nx\r\n0\r\n\r\n"),
+            UpstreamProtocolError,
+            resp(chunked=True),
+        ),
+        rbad(
+            "te-chunked-then-tab-and-eof",
+            get(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked \t\r\n\r\n", EOF),
+            UpstreamClosed,
+            resp(chunked=True),
         ),
         rok(
             "trailer-transfer-encoding-taken-in-a-response",
