@@ -49,6 +49,18 @@ USER_AGENT = "lbproxy-health-check"
 _BAD_NEWS = frozenset({Event.DOWN, Event.EJECTED})
 
 
+def note_transitions(
+    name: str, transitions: tuple[Transition, ...], stats: GroupStats | None
+) -> None:
+    """Log the health transitions of group ``name`` (bad news as warnings) and count them:
+    the one place for those found by checks and those found by requests (routes.py)."""
+    for transition in transitions:
+        level = logging.WARNING if transition.event in _BAD_NEWS else logging.INFO
+        log.log(level, "%s: %s", name, transition)
+        if stats is not None:
+            stats.transition(transition)
+
+
 def build_request(check: HealthCheck, host: str) -> bytes:
     """The bytes of one HTTP check."""
     return (
@@ -202,11 +214,7 @@ class HealthChecker:
             writer.close()
 
     def _log(self, transitions: tuple[Transition, ...]) -> None:
-        for transition in transitions:
-            level = logging.WARNING if transition.event in _BAD_NEWS else logging.INFO
-            log.log(level, "%s: %s", self.name, transition)
-            if self._stats is not None:
-                self._stats.transition(transition)
+        note_transitions(self.name, transitions, self._stats)
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         # Expected failures are check results; anything else is a bug that stopped the

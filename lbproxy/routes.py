@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 from lbproxy.accesslog import AccessLog
 from lbproxy.authz import Endpoint, Reach, ReachabilityTable, build_reachability, listener_key
 from lbproxy.balancer import make_scheduler
+from lbproxy.checker import note_transitions
 from lbproxy.config import Api, Authorization, Config, GatewayConfig, Listener, ServerRef
 from lbproxy.guard import Guard, ListenerGuard, build_guards
-from lbproxy.health import Event, HealthBoard, Transition
+from lbproxy.health import HealthBoard, Transition
 from lbproxy.hosts import Availability, Host, HostTable
 from lbproxy.metrics import ApiStats, Stats
 from lbproxy.pool import PoolSet, PublicOnly, UpstreamTLS
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from lbproxy.relay import ClientConnection
 
 log = logging.getLogger("lbproxy.health")
-_BAD_NEWS = frozenset({Event.DOWN, Event.EJECTED})
 
 
 class ServerGroup:
@@ -86,11 +86,7 @@ class ServerGroup:
         self.note(self.board.record_failure(index, reason, now))
 
     def note(self, transitions: tuple[Transition, ...]) -> None:
-        """Log and count health transitions."""
-        for transition in transitions:
-            level = logging.WARNING if transition.event in _BAD_NEWS else logging.INFO
-            log.log(level, "%s: %s", self.name, transition)
-            self.stats.transition(transition)
+        note_transitions(self.name, transitions, self.stats)
 
     def is_failing_open(self, now: float) -> bool:
         """Every server is down (or ejected): requests try them all anyway."""

@@ -86,8 +86,11 @@ def read_state(path: str) -> list[AuthorizationFields] | None:
 
 def read_weights(path: str) -> Weights:
     """The saved server weights (none without a state file)."""
-    data = _read(path)
-    servers = data.get("servers", {}) if data is not None else {}
+    return _weights(_read(path) or {}, path)
+
+
+def _weights(data: dict[str, Any], path: str) -> Weights:
+    servers = data.get("servers", {})
     valid = isinstance(servers, dict) and all(
         isinstance(hosts, dict) and all(type(w) is int and w >= 0 for w in hosts.values())
         for hosts in servers.values()
@@ -95,7 +98,8 @@ def read_weights(path: str) -> Weights:
     if not valid:
         message = 'expected "servers": {"lb-id:port": {"instance:port": weight}}; fix or remove it'
         raise ConfigError([ConfigProblem(path, "servers", message)])
-    return servers
+    weights: Weights = servers  # checked just above
+    return weights
 
 
 @contextlib.contextmanager
@@ -115,7 +119,7 @@ def save_weight(path: str, listener: str, server: str, weight: int | None) -> No
     rest of the file is kept."""
     with _locked(path):
         data = _read(path) or {}
-        weights = read_weights(path)
+        weights = _weights(data, path)
         hosts = weights.setdefault(listener, {})
         if weight is None:
             hosts.pop(server, None)
