@@ -105,19 +105,30 @@ class Load:
         await asyncio.gather(*(self._client(stop) for _ in range(self.connections)))
 
     async def _client(self, stop: float) -> None:
-        reader, writer = await asyncio.open_connection(*LBPROXY)
-        try:
-            while time.monotonic() < stop:
-                writer.write(b"GET /x HTTP/1.1\r\nHost: bench\r\n\r\n")
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head[9:12])
-                match = re.search(rb"\r\ncontent-length: *(\d+)", head, re.IGNORECASE)
-                body = await reader.readexactly(int(match.group(1))) if match else b""
-                self.answers.append((time.monotonic() - self.started, status, body.decode()))
-        except (ConnectionError, asyncio.IncompleteReadError):
-            self.errors += 1
-        finally:
-            writer.close()
+        # As wrk and browsers do: a connection the gateway ends (Connection: close, e.g. at
+        # max_requests_per_connection) is followed by a new one.
+        while time.monotonic() < stop:
+            reader, writer = await asyncio.open_connection(*LBPROXY)
+            try:
+                await self._requests(reader, writer, stop)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                self.errors += 1
+                return
+            finally:
+                writer.close()
+
+    async def _requests(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stop: float
+    ) -> None:
+        while time.monotonic() < stop:
+            writer.write(b"GET /x HTTP/1.1\r\nHost: bench\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            match = re.search(rb"\r\ncontent-length: *(\d+)", head, re.IGNORECASE)
+            body = await reader.readexactly(int(match.group(1))) if match else b""
+            self.answers.append((time.monotonic() - self.started, status, body.decode()))
+            if re.search(rb"\r\nconnection: *close", head, re.IGNORECASE):
+                return
 
 
 def report(load: Load, log: str, kill_at: float, back_at: float) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import time
 import tomllib
 from pathlib import Path
@@ -69,7 +70,9 @@ class InMemoryRelay:
         routes = build_routes(config)
         self.loop = uvloop.new_event_loop()
         pools = PoolSet(64, 60.0)
-        ctx = RelayContext(self.loop, config.gateway, engine, pools, routes.api_router.match)
+        # One client connection carries all n requests: no max_requests_per_connection close.
+        gateway = dataclasses.replace(config.gateway, max_requests_per_connection=2**31)
+        ctx = RelayContext(self.loop, gateway, engine, pools, routes.api_router.match)
         self.client = ClientConnection(ctx)
         self.client_transport = FakeTransport()
         self.client.connection_made(self.client_transport)

@@ -166,7 +166,7 @@ class GroupCounts:
 class Stats:
     """The process's counts: one per worker, kept across reloads."""
 
-    __slots__ = ("apis", "connections", "groups", "rejected", "reloads", "unrouted")
+    __slots__ = ("apis", "connections", "groups", "open", "rejected", "reloads", "unrouted")
 
     def __init__(self) -> None:
         self.apis: dict[str, ApiStats] = {}
@@ -176,6 +176,9 @@ class Stats:
         self.unrouted = ApiStats("")  # refused before an API was found: 400, 404, 403...
         self.rejected: dict[str, int] = {}  # by rejection reason (errors.HTTPError.rejection)
         self.connections = 0  # client connections accepted
+        # Client connections open in this worker, across its runtimes (one draining after a
+        # reload counts too): what gateway.max_client_connections caps.
+        self.open = 0
         self.reloads: dict[bool, int] = {}  # by success
 
     def api(self, name: str) -> ApiStats:

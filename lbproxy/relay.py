@@ -25,11 +25,13 @@ from lbproxy import framing
 from lbproxy.deadline import Deadline
 from lbproxy.errors import (
     BadRequest,
+    BodyTimeout,
     HTTPError,
     PayloadTooLarge,
     RequestTimeout,
     ServiceUnavailable,
     ShuttingDown,
+    TooManyConnections,
     UpstreamNotAuthorized,
 )
 from lbproxy.framing import BODY_CHUNKED, BODY_NONE, RequestHead, ResponseHead
@@ -40,6 +42,7 @@ from lbproxy.router import request_path
 from lbproxy.tries import PAUSE_CONNECTING
 
 if TYPE_CHECKING:
+    from lbproxy.metrics import Stats
     from lbproxy.routes import RelayContext, Route
 
 log = logging.getLogger("lbproxy.relay")
@@ -48,6 +51,8 @@ log = logging.getLogger("lbproxy.relay")
 _PAUSE_PIPELINE = 1
 _PAUSE_UPSTREAM_FULL = 2
 _PAUSE_CONNECTING = PAUSE_CONNECTING  # 4: a connect holds the request's bytes (tries.py)
+# Paused for the upstream's sake: a request body not arriving then is not the client's fault.
+_PAUSE_FOR_UPSTREAM = _PAUSE_UPSTREAM_FULL | _PAUSE_CONNECTING
 _CONNECT_BUFFER_LIMIT = 256 * 1024
 # Request bytes held to send again if a try fails (Envoy's per-request buffer limit is 64 KiB
 # too); a larger request is sent once, whatever its method.
@@ -95,6 +100,7 @@ class ClientConnection(Recording, asyncio.Protocol):
         "_pending",
         "_replaying",
         "_request_done",
+        "_requests_left",
         "_resp_mode",
         "_response_started",
         "_route",
@@ -106,7 +112,14 @@ class ClientConnection(Recording, asyncio.Protocol):
 
     def __init__(self, ctx: RelayContext) -> None:
         self._ctx = ctx
-        self._parser = request_parser(ctx.engine, self, ctx.gateway.max_header_size)
+        gateway = ctx.gateway
+        self._parser = request_parser(
+            ctx.engine,
+            self,
+            gateway.max_header_size,
+            gateway.max_request_line,
+            gateway.max_header_count,
+        )
         self.transport: asyncio.Transport | None = None
         # One deadline, whose meaning follows the state: while an exchange is in flight it is
         # the upstream's (response or progress timeout), otherwise the client's (header
@@ -120,6 +133,8 @@ class ClientConnection(Recording, asyncio.Protocol):
         self._head_state = _HEAD_NONE
         self._input_broken = False
         self._write_paused = False
+        # Exchanges this connection may still begin; the last is answered with close.
+        self._requests_left = gateway.max_requests_per_connection
         # Response bytes of one upstream read, written to the client in one send.
         self.wbuf: list[bytes] = []
         self._connect_task = None
@@ -161,12 +176,38 @@ class ClientConnection(Recording, asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         client_ip = (peer[0] if peer else "unknown").removeprefix("::ffff:")
         self._client_ip = client_ip.encode()
-        self._ctx.connections.add(self)
-        self._ctx.stats.connections += 1
-        self._deadline.set_in(self._ctx.gateway.client_header_timeout)
+        ctx = self._ctx
+        stats = ctx.stats
+        stats.connections += 1
+        if stats.open >= ctx.gateway.max_client_connections:
+            self._refuse(stats)
+            return
+        stats.open += 1
+        ctx.connections.add(self)
+        self._deadline.set_in(ctx.gateway.client_header_timeout)
+
+    def _refuse(self, stats: Stats) -> None:
+        """Past the cap: answered 503 at once, and closed. The answer goes out with a
+        half-close and the request is read and dropped until the client closes (or a second
+        passes), so the client reads the 503 rather than a reset."""
+        stats.reject("limits")
+        limit = self._ctx.gateway.max_client_connections
+        error = TooManyConnections(f"{limit} client connections are open; retry")
+        self._closing = True
+        transport = self.transport
+        assert transport is not None
+        transport.write(error_response(error, None, keep_alive=False))
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._deadline.set_in(1.0)
+        else:
+            transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._ctx.connections.discard(self)
+        connections = self._ctx.connections
+        if self in connections:  # not a connection refused past the cap
+            connections.discard(self)
+            self._ctx.stats.open -= 1
         self._closing = True
         self.transport = None
         if self._started:  # the client left before its answer ended
@@ -194,7 +235,11 @@ class ClientConnection(Recording, asyncio.Protocol):
         try:
             self._parser.feed(data)
         except HTTPError as exc:
-            if self._head is not None or self._pending:
+            if self._head is not None and not self._request_done and not self._pending:
+                # In the body of the request in flight: that exchange ends here, the
+                # upstream's half-sent request abandoned.
+                self._fail_request(exc, close=True)
+            elif self._head is not None or self._pending:
                 # Behind an exchange in flight: answered in its turn, never in that one's place.
                 self._input_broken = True
                 self._pending.append((_ERROR, exc))
@@ -215,6 +260,8 @@ class ClientConnection(Recording, asyncio.Protocol):
         # A half-close after a complete request still gets its answer (RFC 9112 9.6).
         if self._head is None and not self._pending:
             return None
+        if self._head is not None and not self._request_done:
+            return None  # its body can never end: the upstream request is abandoned
         self._keep_alive = False
         return True
 
@@ -249,9 +296,13 @@ class ClientConnection(Recording, asyncio.Protocol):
 
     def pause_client_reading(self) -> None:
         self._pause(_PAUSE_UPSTREAM_FULL)
+        if self._route is not None and not self._write_paused:
+            self._deadline.set_in(self._route.try_timeout)  # the upstream's turn
 
     def resume_client_reading(self) -> None:
         self._resume(_PAUSE_UPSTREAM_FULL)
+        if self._route is not None and not self._write_paused:
+            self._deadline.set_in(self._exchange_timeout(self._route))
 
     # -- RequestSink --------------------------------------------------------------------------
 
@@ -277,6 +328,9 @@ class ClientConnection(Recording, asyncio.Protocol):
             head = self._head
             if head is not None and not head.chunked:
                 self._request_done = True  # _end_request(), inline for the usual case
+                if head.content_length and self._route is not None and not self._write_paused:
+                    # The body is in: from now on the upstream's timeout, not the client's.
+                    self._deadline.set_in(self._route.try_timeout)
             else:
                 self._end_request()
 
@@ -292,6 +346,9 @@ class ClientConnection(Recording, asyncio.Protocol):
         self._head = head
         self._head_state = _HEAD_NONE
         self._keep_alive = head.keep_alive
+        self._requests_left -= 1
+        if not self._requests_left:
+            self._keep_alive = False  # max_requests_per_connection: this one is the last
         try:
             if ctx.draining:
                 if self._replaying:  # queued behind the exchange that was in flight
@@ -333,8 +390,11 @@ class ClientConnection(Recording, asyncio.Protocol):
         self._resend = [data]
         self._resend_size = len(data)
         self._try(host, data, fresh=False)
-        if head.expect_continue and head.has_body() and self.transport is not None:
-            self.transport.write(_CONTINUE)
+        if (head.content_length or head.chunked) and self._head is head:  # has_body(), inline
+            # The body is the client's to send: client_body_timeout until it is in.
+            self._deadline.set_in(self._exchange_timeout(route))
+            if head.expect_continue and self.transport is not None:
+                self.transport.write(_CONTINUE)
 
     def _forward_body(self, data: bytes) -> None:
         self._body_seen += len(data)
@@ -358,12 +418,28 @@ class ClientConnection(Recording, asyncio.Protocol):
                 self._resend = None  # too large to hold: a failure after sending is final
         if self._upstream is not None:
             self._upstream.write(data)
-            if self._route is not None:  # progress: the upstream timeout is an idle timeout
-                self._deadline.set_in(self._route.try_timeout)
         elif self._send_buffer is not None:
             self._send_buffer.append(data)
             if sum(map(len, self._send_buffer)) > _CONNECT_BUFFER_LIMIT:
                 self._pause(_PAUSE_CONNECTING)
+        else:
+            return
+        if self._route is not None and not self._write_paused:
+            # Progress: each timeout is an idle timeout, restarted by the bytes that move.
+            self._deadline.set_in(self._exchange_timeout(self._route))
+
+    def _awaiting_body(self) -> bool:
+        """Whether the request body is the client's to send now (nothing holds it back)."""
+        return not (
+            self._request_done or self._response_started or self._paused & _PAUSE_FOR_UPSTREAM
+        )
+
+    def _exchange_timeout(self, route: Route) -> float:
+        """The deadline's length while an exchange is in flight: the client's body timeout
+        while the request body is the client's to send, else the upstream's timeout."""
+        if self._awaiting_body():
+            return self._ctx.gateway.client_body_timeout
+        return route.try_timeout
 
     def _end_request(self) -> None:
         head = self._head
@@ -455,7 +531,12 @@ class ClientConnection(Recording, asyncio.Protocol):
 
     def _on_timeout(self) -> None:
         if self._head is not None:
-            self._on_upstream_timeout()
+            if self._route is not None and self._awaiting_body():
+                timeout = self._ctx.gateway.client_body_timeout
+                error = BodyTimeout(f"no request body bytes for {timeout:g}s")
+                self._fail_request(error, close=True)
+            else:
+                self._on_upstream_timeout()
         elif not self._pending:
             self._on_client_timeout()
 

@@ -23,9 +23,11 @@ def request_path(target: bytes) -> bytes:
         raise BadRequest("the request target must be a path (origin-form)")
     # find() rather than ``in``: CPython 3.11's bytes.__contains__ first tries the operand as an
     # int and pays for a raised and cleared TypeError, several times the cost of the search.
+    if target.find(b"#") >= 0:
+        # A client never sends a fragment (RFC 9110 7.1); backends disagree on whether "#"
+        # ends the path, so "/items/a#/../admin" could route here and reach another resource.
+        raise BadRequest("fragment (#) in the request target")
     path = target.partition(b"?")[0]
-    if path.find(b"#") >= 0:
-        path = path.partition(b"#")[0]
     # Fast path: a dot segment needs "/." or a percent-encoded dot.
     if path.find(b"/.") >= 0 or path.find(b"%") >= 0:
         probe = path.lower() + b"/"

@@ -63,6 +63,7 @@ def ha_toml(
 [gateway]
 region = "r"
 listen = ["127.0.0.1:0"]
+max_requests_per_connection = 100000  # the clients here keep one connection for thousands
 
 [[vpc]]
 id = "vpc-t"

@@ -1,6 +1,6 @@
 """Issue 7, rule 5: faults on either side, over real sockets for both engines. A client never
 gets a wrong or spliced response, and an upstream connection whose state is unknown is never
-used again. Tests marked xfail need a change outside the parser (see each reason)."""
+used again."""
 
 from __future__ import annotations
 
@@ -69,11 +69,6 @@ def test_client_resetting_mid_body_abandons_the_upstream_request(gateway_for: Ga
     leave_mid_body(gateway_for, reset=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs relay change: ClientConnection.eof_received closes (returns None) when the "
-    "request in flight has not ended: its body can never complete",
-)
 def test_client_closing_mid_body_abandons_the_upstream_request(gateway_for: GatewayFor) -> None:
     leave_mid_body(gateway_for, reset=False)
 
@@ -219,11 +214,6 @@ def test_200_keep_alive_clients_never_see_each_others_responses(
     assert backend.connections < CLIENTS * REQUESTS_EACH, "upstream connections were reused"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs relay change: ClientConnection.data_received fails the exchange in flight "
-    "(400, upstream abandoned) when the error is in that request's own body",
-)
 def test_bad_chunk_in_a_later_read_ends_the_exchange_at_once(gateway_for: GatewayFor) -> None:
     gateway, backend = gateway_for(echo, timeout=2.0)
     sock = gateway.connect()
@@ -241,10 +231,6 @@ def test_bad_chunk_in_a_later_read_ends_the_exchange_at_once(gateway_for: Gatewa
     assert backend.seen == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs router change: request_path refuses a fragment (#) instead of stripping it",
-)
 def test_fragment_never_reaches_a_backend(gateway_for: GatewayFor) -> None:
     gateway, backend = gateway_for(echo)
     sock = gateway.connect()

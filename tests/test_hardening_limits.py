@@ -1,8 +1,8 @@
-"""Issue 7, rule 4: the limits, over real sockets for both engines. Tests marked xfail need a
-change in relay.py (see each reason); they flip when it lands."""
+"""Issue 7, rule 4: the limits, over real sockets for both engines."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +15,7 @@ from tests.harness import (
     Client,
     Gateway,
     LoopThread,
+    Seen,
     config_from,
     echo,
     free_port,
@@ -161,14 +162,9 @@ def test_idle_keep_alive_connection_is_closed(gateway_with: GatewayWith, backend
     client.close()
 
 
-# -- what needs relay.py ----------------------------------------------------------------------
+# -- limits the relay keeps ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs relay change: ClientConnection.__init__ passes gateway.max_request_line and "
-    "max_header_count to request_parser",
-)
 def test_configured_head_limits_are_honoured(gateway_with: GatewayWith, backend: Backend) -> None:
     gateway = gateway_with(max_request_line=1024, max_header_count=10)
     data, closed = exchange(gateway, get_with_target(b"/direct/" + b"t" * 1100))
@@ -179,11 +175,6 @@ def test_configured_head_limits_are_honoured(gateway_with: GatewayWith, backend:
     assert not backend.raw
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs relay change: ClientConnection.connection_made refuses past "
-    "gateway.max_client_connections with 503 TooManyConnections and closes",
-)
 def test_connections_past_the_cap_are_refused_gracefully(
     gateway_with: GatewayWith, backend: Backend
 ) -> None:
@@ -206,11 +197,6 @@ def test_connections_past_the_cap_are_refused_gracefully(
     assert data.startswith(b"HTTP/1.1 200 "), "a freed place is taken again"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs relay change: ClientConnection counts exchanges and answers the "
-    "max_requests_per_connection-th with Connection: close",
-)
 def test_requests_per_connection_are_bounded(gateway_with: GatewayWith, backend: Backend) -> None:
     gateway = gateway_with(max_requests_per_connection=3)
     sock = gateway.connect()
@@ -222,11 +208,6 @@ def test_requests_per_connection_are_bounded(gateway_with: GatewayWith, backend:
     assert len(canonical_requests(bytes(backend.raw))) == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs relay change: while a request body is incomplete the deadline is "
-    "gateway.client_body_timeout, and its expiry answers 408 BodyTimeout (not 504)",
-)
 def test_stalled_upload_is_408_at_the_body_timeout(
     gateway_with: GatewayWith, backend: Backend
 ) -> None:
@@ -238,3 +219,74 @@ def test_stalled_upload_is_408_at_the_body_timeout(
     sock.close()
     assert data.startswith(b"HTTP/1.1 408 ") and b"body_timeout" in data and closed
     assert time.monotonic() - started < 1.5
+
+
+def test_a_steady_slow_upload_is_not_cut(gateway_with: GatewayWith, backend: Backend) -> None:
+    # The body timeout is an idle timeout, as nginx's: each piece restarts it.
+    gateway = gateway_with(client_body_timeout=0.5)
+    sock = gateway.connect()
+    sock.sendall(b"POST /direct/up HTTP/1.1\r\nHost: a\r\nContent-Length: 60\r\n\r\n")
+    for _ in range(6):  # 1.2 s in all, 0.2 s between pieces
+        time.sleep(0.2)
+        sock.sendall(b"0123456789")
+    data, _ = recv_responses(sock, [b"POST"])
+    sock.close()
+    assert data.startswith(b"HTTP/1.1 200 ")
+    assert [(s.target, s.body_size) for s in backend.seen] == [("/direct/up", 60)]
+
+
+async def sleepy(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+    await asyncio.sleep(3.0)  # read the whole request, then say nothing
+    return await echo(seen, writer)
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_a_sent_body_then_a_slow_upstream_is_504_not_408(
+    lt: LoopThread, engine: str, framing: str
+) -> None:
+    # Once the body is in, waiting is the upstream's doing: its timeout (1 s), not the client's
+    # body timeout (0.3 s).
+    backend = Backend("a", handler=sleepy)
+    lt.run(backend.start())
+    text = gateway_toml(
+        [backend], free_port(), engine, timeout=1.0, gateway_extra="client_body_timeout = 0.3"
+    )
+    gateway = Gateway(lt, config_from(text))
+    try:
+        sock = gateway.connect()
+        started = time.monotonic()
+        if framing == "length":
+            sock.sendall(b"POST /direct/up HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nabcde")
+        else:
+            sock.sendall(
+                b"POST /direct/up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"5\r\nabcde\r\n0\r\n\r\n"
+            )
+        data, _ = recv_all(sock, timeout=3.0)
+        sock.close()
+        assert data.startswith(b"HTTP/1.1 504 ") and b"upstream_timeout" in data
+        assert time.monotonic() - started > 0.8
+    finally:
+        gateway.stop()
+        lt.run(backend.stop())
+
+
+def test_refused_connections_leave_their_places_free(
+    gateway_with: GatewayWith, backend: Backend
+) -> None:
+    # Refused connections take no place: once the held ones go, the cap admits as many again.
+    gateway = gateway_with(max_client_connections=2)
+    for _ in range(2):
+        held = [gateway.connect() for _ in range(2)]
+        time.sleep(0.1)
+        refused = [gateway.connect() for _ in range(3)]
+        for sock in refused:
+            data, closed = recv_all(sock, timeout=2.0)
+            assert data.startswith(b"HTTP/1.1 503 ") and closed
+            sock.close()
+        for sock in held:
+            sock.sendall(b"GET /direct/a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            data, _ = recv_all(sock, timeout=2.0)
+            assert data.startswith(b"HTTP/1.1 200 ")
+            sock.close()
+        time.sleep(0.2)

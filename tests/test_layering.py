@@ -14,6 +14,7 @@ PURE = {
     "acl",
     "authz",
     "balancer",
+    "chunked",
     "config",
     "configaccess",
     "configcheck",
@@ -26,6 +27,7 @@ PURE = {
     "retry",
     "router",
     "signing",
+    "strict",
     "throttle",
 }
 FOUNDATIONS = {"config", "errors"}
