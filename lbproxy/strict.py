@@ -259,7 +259,11 @@ def check_partial_request(raw: bytes, error: type[HTTPError]) -> None:
         else:
             _check_partial_request_line(line, error)
         return
-    read_request_line(line, error)
+    if _REQUEST_LINE_09.fullmatch(line):
+        # No version: llhttp reads on (HTTP/0.9) and the head is refused once it ends.
+        _check_partial_request_line(line + b" ", error)
+    else:
+        read_request_line(line, error)
     _check_partial_fields(rest, error, request=True)
 
 

@@ -3,7 +3,9 @@
 Run it for as long as there is time (it is not part of the suite, which only replays the
 seeds through the same check):
 
-    python tests/test_fuzz_atheris.py -max_total_time=600 -max_len=4096
+    python -m tests.test_fuzz_atheris -max_total_time=600 -max_len=4096 [CORPUS_DIR]
+
+Without a corpus directory it starts from the seeds, in a new temporary directory.
 
 Each input is read by both engines, as a request stream or, when its first byte is odd, as the
 response to a GET; the first byte also says where to cut it into two reads. No engine may
@@ -14,6 +16,8 @@ may never yield more requests than the strict reference reading of test_fuzz_par
 from __future__ import annotations
 
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -58,14 +62,18 @@ def test_the_seeds_pass_the_fuzzer_check() -> None:
 def main() -> None:
     import atheris
 
-    with atheris.instrument_imports():
-        import lbproxy.chunked
-        import lbproxy.framing
-        import lbproxy.h11engine
-        import lbproxy.http
-        import lbproxy.strict  # noqa: F401
-
-    atheris.Setup(sys.argv, check)
+    # The parser modules are imported already (by the check's own imports), too early for
+    # instrument_imports: their loaded code is instrumented instead.
+    atheris.instrument_all()
+    argv = sys.argv
+    if not any(not arg.startswith("-") for arg in argv[1:]):
+        # No corpus named: start from the seeds (every vector), not from nothing, so the
+        # mutations begin at well-formed messages and reach the framing rules at once.
+        corpus = Path(tempfile.mkdtemp(prefix="lbproxy-fuzz-"))
+        for number, seed in enumerate(seeds()):
+            (corpus / f"seed-{number}").write_bytes(seed)
+        argv = [*argv, str(corpus)]
+    atheris.Setup(argv, check)
     atheris.Fuzz()
 
 
