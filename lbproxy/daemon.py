@@ -119,6 +119,13 @@ class Worker:
         # supervisor alone reads it, sending SIGTERM, then SIGKILL on a second one.)
         loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
+        # Signals that came while this worker started are carried out now, so a worker never
+        # keeps the configuration (or log file) it read before the SIGHUP (or SIGUSR1).
+        early, _early_signals[:] = list(_early_signals), []
+        if signal.SIGHUP in early:
+            self._on_hangup()
+        if signal.SIGUSR1 in early:
+            self._reopen_logs()
         config = self.runtime.config
         log.info(
             "lbproxy %s serving %d API(s) in pid %d", __version__, len(config.apis), os.getpid()
@@ -210,6 +217,22 @@ class Worker:
         return True
 
 
+# SIGHUP and SIGUSR1 received by a worker before it serves (see defer_signals).
+_early_signals: list[int] = []
+
+
+def _remember_signal(signum: int, frame: object) -> None:
+    _early_signals.append(signum)
+
+
+def defer_signals() -> None:
+    """Until the loop's handlers replace these, SIGHUP and SIGUSR1 are noted for later: the
+    default action would kill the process, and ignoring them would lose a reload asked for
+    after the configuration was read."""
+    for sig in (signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(sig, _remember_signal)
+
+
 def _reload_siblings() -> None:
     """The admin API changed the state file in this worker: the supervisor has every worker
     read it again (this one too, which finds nothing new)."""
@@ -239,6 +262,7 @@ def run(path: str, pid_file: str | None) -> int:
         if workers == 1:
             # No SO_REUSEPORT: a second instance on the same addresses fails to start rather
             # than take half the traffic (reloads inherit the sockets instead).
+            defer_signals()
             _serve_here(path, config, document, reuse_port=False, alone=True)
             return 0
         with _metrics_directory():
@@ -335,15 +359,14 @@ class Supervisor:
         return pid
 
     def _become_worker(self) -> None:
-        """The worker: its own loop, no supervisor state. Reloads and log reopening wait until
-        it serves (ignored before: the configuration it loads is the newest anyway); Ctrl-C is
-        the supervisor's."""
+        """The worker: its own loop, no supervisor state. Reloads and log reopening asked for
+        while it starts are carried out once it serves; Ctrl-C is the supervisor's."""
         global _supervisor  # noqa: PLW0603 -- this process's one supervisor, for on_change
         _supervisor = os.getppid()
         for sig in (signal.SIGTERM, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_DFL)
-        for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        defer_signals()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _RELAYED)
         _die_with_parent()
         code = 0

@@ -3,11 +3,14 @@ at awkward moments, reloads in a burst, a second instance, workers saving state 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -167,3 +170,58 @@ def test_workers_saving_weights_at_once_lose_nothing(tmp_path: Path) -> None:
         writer.join(60)
         assert writer.exitcode == 0
     assert len(read_weights(path)["lb:80"]) == 60
+
+
+EXTRA_API = """
+[[api]]
+name = "extra"
+methods = ["GET"]
+path = "/extra/*"
+backend = { type = "vpc", authorization = "to-first", timeout = 5 }
+"""
+
+# A process that reads its configuration, is sent SIGHUP for a newer file before it serves (as a
+# worker can be, while it starts), then serves what it read.
+SIGHUP_WHILE_STARTING = """
+import logging, os, signal, sys
+from pathlib import Path
+from lbproxy import daemon
+
+logging.basicConfig(level=logging.INFO)
+
+path, newer = sys.argv[1], sys.argv[2]
+config, document = daemon.load_with_state(path)
+daemon.defer_signals()
+Path(path).write_text(Path(newer).read_text())
+os.kill(os.getpid(), signal.SIGHUP)
+daemon._serve_here(path, config, document, reuse_port=False, alone=False)
+"""
+
+
+def test_a_sighup_while_starting_is_carried_out_once_serving(
+    backends: list[Backend], tmp_path: Path
+) -> None:
+    port = free_port()
+    config, newer = tmp_path / "gateway.toml", tmp_path / "newer.toml"
+    config.write_text(config_text(backends, port))
+    newer.write_text(config_text(backends, port, extra=EXTRA_API))
+    stderr = tmp_path / "stderr"
+    with stderr.open("wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-c", SIGHUP_WHILE_STARTING, str(config), str(newer)],
+            cwd=Path(__file__).resolve().parent.parent,
+            stderr=err,
+        )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            assert process.poll() is None, stderr.read_text()
+            with contextlib.suppress(OSError):
+                if get(port, "/extra/x") == 200:
+                    break
+            assert time.monotonic() < deadline, stderr.read_text()
+            time.sleep(0.05)
+        assert "reloaded" in stderr.read_text()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0, stderr.read_text()
