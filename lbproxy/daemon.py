@@ -19,7 +19,7 @@ Signals (sent to the supervisor, which passes them on to every worker):
 
 systemd ``Type=notify``: when ``NOTIFY_SOCKET`` is set, READY=1 is sent once serving,
 RELOADING=1 (with MONOTONIC_USEC) then READY=1 around a reload, STOPPING=1 when draining. A
-supervisor says READY=1 once its workers are forked and passes SIGHUP on at once (it does not
+supervisor says READY=1 once every worker serves and passes SIGHUP on at once (it does not
 wait for their reloads).
 """
 
@@ -34,6 +34,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 
@@ -49,6 +50,8 @@ log = logging.getLogger("lbproxy")
 _CANNOT_START = 3  # a worker's exit status when its configuration cannot be served
 _PR_SET_PDEATHSIG = 1
 _supervisor: int | None = None  # in a worker, the supervisor's pid
+# In a worker, where to say it serves (a pipe to its supervisor), until it has said so.
+_ready_fd: int | None = None
 # The signals a supervisor passes on to its workers.
 _RELAYED = (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 # A worker dying at once again is not restarted in a tight loop.
@@ -131,6 +134,7 @@ class Worker:
             "lbproxy %s serving %d API(s) in pid %d", __version__, len(config.apis), os.getpid()
         )
         self._notify("READY=1")
+        _tell_supervisor_ready()
         await self._stop.wait()
         self._notify("STOPPING=1")
         log.info("stopping: finishing in-flight requests (at most %gs)", self._timeout())
@@ -233,6 +237,16 @@ def defer_signals() -> None:
         signal.signal(sig, _remember_signal)
 
 
+def _tell_supervisor_ready() -> None:
+    global _ready_fd
+    if _ready_fd is None:
+        return
+    fd, _ready_fd = _ready_fd, None
+    with contextlib.suppress(OSError):  # the supervisor is gone: PDEATHSIG ends this worker
+        os.write(fd, b"r")
+    os.close(fd)
+
+
 def _reload_siblings() -> None:
     """The admin API changed the state file in this worker: the supervisor has every worker
     read it again (this one too, which finds nothing new)."""
@@ -313,13 +327,18 @@ class Supervisor:
         self._children: dict[int, float] = {}  # pid -> start time
         self._stopping = False
         self._interrupts = 0
+        # A pipe on which each worker says, once, that it serves (see _say_ready).
+        self._ready_r = self._ready_w = -1
 
     def run(self) -> int:
         for sig in _RELAYED:
             signal.signal(sig, self._signal)
+        self._ready_r, self._ready_w = os.pipe()
         first = {self._fork() for _ in range(self._workers)}
-        notify("READY=1")
         log.info("supervisor %d started %d workers", os.getpid(), self._workers)
+        # READY=1 once every worker serves (systemctl start returns then), read by a thread
+        # while this one waits on the workers; a worker that never serves leaves it unsaid.
+        threading.Thread(target=self._say_ready, name="ready", daemon=True).start()
         code = 0
         while self._children:
             try:
@@ -346,6 +365,16 @@ class Supervisor:
                 self._fork()
         return code
 
+    def _say_ready(self) -> None:
+        ready = 0
+        while ready < self._workers:
+            said = os.read(self._ready_r, self._workers)
+            if not said:
+                return
+            ready += len(said)
+        log.info("all %d workers serve", self._workers)
+        notify("READY=1")
+
     def _fork(self) -> int:
         # Signals wait until the new worker is counted, or one sent in between would miss it.
         signal.pthread_sigmask(signal.SIG_BLOCK, _RELAYED)
@@ -361,8 +390,10 @@ class Supervisor:
     def _become_worker(self) -> None:
         """The worker: its own loop, no supervisor state. Reloads and log reopening asked for
         while it starts are carried out once it serves; Ctrl-C is the supervisor's."""
-        global _supervisor  # noqa: PLW0603 -- this process's one supervisor, for on_change
+        global _supervisor, _ready_fd  # noqa: PLW0603 -- this process's one supervisor
         _supervisor = os.getppid()
+        os.close(self._ready_r)
+        _ready_fd = self._ready_w
         for sig in (signal.SIGTERM, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)

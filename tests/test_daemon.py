@@ -310,6 +310,28 @@ def test_systemd_notifications(backends: list[Backend], tmp_path: Path) -> None:
             assert daemon.stop() == 0
 
 
+def test_a_supervisor_is_ready_once_every_worker_serves(
+    backends: list[Backend], tmp_path: Path
+) -> None:
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        config_text(backends, port).replace("[gateway]\n", "[gateway]\nworkers = 2\n")
+    )
+    notify_path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sink:
+        sink.bind(notify_path)
+        sink.settimeout(15)
+        daemon = Daemon(config, env={"NOTIFY_SOCKET": notify_path})
+        try:
+            assert sink.recv(4096) == b"READY=1"
+            # Said after both workers serve, so every connection from now on is served.
+            assert daemon.log().count(" serving ") == 2, daemon.log()
+            assert {get(port) for _ in range(10)} == {200}
+        finally:
+            assert daemon.stop() == 0
+
+
 def test_workers_reload_reopen_and_ctrl_c(
     backends: list[Backend], tmp_path: Path, daemons: list[Daemon]
 ) -> None:
