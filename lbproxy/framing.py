@@ -289,10 +289,11 @@ def analyze_request(head: RequestHead) -> None:
             head.request_id = value
         elif kind in _REFUSED:
             _refuse(kind, header[0])
-    if te is not None or length is not None or head.method == b"CONNECT":
-        _decide_request_framing(head, te, length)
+    # A missing Host before the framing, as h11 reads it: both engines give the same verdict.
     if head.http11 and head.host is None:
         raise BadRequest("HTTP/1.1 request without Host")
+    if te is not None or length is not None or head.method == b"CONNECT":
+        _decide_request_framing(head, te, length)
     if connection is not None:
         head.keep_alive = connection.persists(head.http11)
         if connection.named is not None:

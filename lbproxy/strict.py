@@ -248,6 +248,11 @@ def _field_problem(line: bytes) -> str:
 def check_partial_request(raw: bytes, error: type[HTTPError]) -> None:
     """A request head not complete yet (empty lines before it skipped): what llhttp would
     refuse already, so a client learns it now, whichever the engine."""
+    end = raw.find(b"\n")
+    if end > 0 and raw[end - 1] != 0x0D and _REQUEST_LINE_09.fullmatch(raw, 0, end):
+        # llhttp ends a line without a version (HTTP/0.9) at a bare LF too; the head is
+        # refused once it ends all the same.
+        raw = raw[:end] + b"\r" + raw[end:]
     check_line_ends(raw, error)
     line, crlf, rest = raw.partition(b"\r\n")
     if not crlf:

@@ -469,6 +469,11 @@ REQUESTS = (
         ok("no-version-head-in-progress", b"GET /\r\nHost: a\xff\xff\r\n"),
         bad("no-version-head", b"GET /\r\nHost: a\r\n\r\n", BadRequest),
         bad("no-version-bad-field", b"GET /\r\nHost : a\r\n", BadRequest),
+        # Found by atheris: without Host a CONNECT was 501 by llhttp's reading, 400 by h11's.
+        bad("connect-without-host", b"CONNECT a:443 HTTP/1.1\r\nLost: a:443\r\n\r\n", BadRequest),
+        ok("no-version-bare-lf-in-progress", b"GET /M\nHost: a\r\n"),
+        bad("no-version-bare-lf-head", b"GET /M\nHost: a\r\n\r\n", BadRequest),
+        bad("no-version-bare-lf-then-bare-lf", b"GET /M\nHost: a\nB: c\n", BadRequest),
         bad("bare-cr-after-request-line", b"GET / HTTP/1.1\rHost: a\r\n\r\n", BadRequest),
         # Targets as llhttp's URL states read them; the router then serves origin-form only
         # (tests/test_hardening_framing.py), so these parse but never reach a backend.
