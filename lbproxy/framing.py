@@ -289,11 +289,10 @@ def analyze_request(head: RequestHead) -> None:
             head.request_id = value
         elif kind in _REFUSED:
             _refuse(kind, header[0])
-    # A missing Host before the framing, as h11 reads it: both engines give the same verdict.
-    if head.http11 and head.host is None:
-        raise BadRequest("HTTP/1.1 request without Host")
     if te is not None or length is not None or head.method == b"CONNECT":
         _decide_request_framing(head, te, length)
+    if head.http11 and head.host is None:
+        raise BadRequest("HTTP/1.1 request without Host")
     if connection is not None:
         head.keep_alive = connection.persists(head.http11)
         if connection.named is not None:
@@ -311,6 +310,8 @@ def _refuse(kind: int, name: bytes) -> None:
 
 def _decide_request_framing(head: RequestHead, te: bytes | None, length: int | None) -> None:
     if head.method == b"CONNECT":
+        if head.http11 and head.host is None:  # h11 reads this first: one verdict for both
+            raise BadRequest("HTTP/1.1 request without Host")
         raise NotImplementedByGateway("CONNECT is not supported")
     if te is not None:
         if length is not None:

@@ -471,6 +471,11 @@ REQUESTS = (
         bad("no-version-bad-field", b"GET /\r\nHost : a\r\n", BadRequest),
         # Found by atheris: without Host a CONNECT was 501 by llhttp's reading, 400 by h11's.
         bad("connect-without-host", b"CONNECT a:443 HTTP/1.1\r\nLost: a:443\r\n\r\n", BadRequest),
+        bad(
+            "unknown-coding-without-host",
+            b"POST / HTTP/1.1\r\nX: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            NotImplementedByGateway,
+        ),
         ok("no-version-bare-lf-in-progress", b"GET /M\nHost: a\r\n"),
         bad("no-version-bare-lf-head", b"GET /M\nHost: a\r\n\r\n", BadRequest),
         bad("no-version-bare-lf-then-bare-lf", b"GET /M\nHost: a\nB: c\n", BadRequest),
