@@ -246,13 +246,14 @@ def parse_transfer_encoding(value: bytes, error: type[Exception]) -> None:
         raise NotImplementedByGateway(f"transfer coding {codings[0][:40]!r} is not supported")
 
 
-def analyze_request(head: RequestHead) -> None:
+def analyze_request(head: RequestHead) -> None:  # noqa: PLR0915 -- one pass, inline: hot path
     """Decide framing and persistence, split special headers from end-to-end ones.
 
     Raises ``BadRequest`` (400) or ``NotImplementedByGateway`` (501) on anything ambiguous.
     """
     kept = head.kept
     kinds = _request_kinds
+    upgrade = False
     length: int | None = None
     te: bytes | None = None
     connection: _Connection | None = None
@@ -287,25 +288,20 @@ def analyze_request(head: RequestHead) -> None:
             head.via = value if head.via is None else head.via + b", " + value
         elif kind == _REQUEST_ID:
             head.request_id = value
-        elif kind in _REFUSED:
-            _refuse(kind, header[0])
+        elif kind == _UPGRADE:
+            upgrade = True  # refused last: h11 reads the rest of the head first
+        elif kind == _LOOKALIKE:
+            raise BadRequest(f"header name {header[0][:40]!r} passes for a framing or gateway one")
     if te is not None or length is not None or head.method == b"CONNECT":
         _decide_request_framing(head, te, length)
     if head.http11 and head.host is None:
         raise BadRequest("HTTP/1.1 request without Host")
+    if upgrade:
+        raise NotImplementedByGateway("protocol upgrades are not supported")
     if connection is not None:
         head.keep_alive = connection.persists(head.http11)
         if connection.named is not None:
             head.kept = connection.drop_named(kept)
-
-
-_REFUSED = frozenset({_UPGRADE, _LOOKALIKE})
-
-
-def _refuse(kind: int, name: bytes) -> None:
-    if kind == _UPGRADE:
-        raise NotImplementedByGateway("protocol upgrades are not supported")
-    raise BadRequest(f"header name {name[:40]!r} passes for a framing or gateway one")
 
 
 def _decide_request_framing(head: RequestHead, te: bytes | None, length: int | None) -> None:

@@ -476,6 +476,14 @@ REQUESTS = (
             b"POST / HTTP/1.1\r\nX: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
             NotImplementedByGateway,
         ),
+        # Found by atheris: an Upgrade was refused (501) before the Host was judged by
+        # llhttp's reading, after it by h11's; now last in both.
+        bad("upgrade-without-host", b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", BadRequest),
+        bad(
+            "upgrade-before-a-second-host",
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nHost: b\r\n\r\n",
+            BadRequest,
+        ),
         ok("no-version-bare-lf-in-progress", b"GET /M\nHost: a\r\n"),
         bad("no-version-bare-lf-head", b"GET /M\nHost: a\r\n\r\n", BadRequest),
         bad("no-version-bare-lf-then-bare-lf", b"GET /M\nHost: a\nB: c\n", BadRequest),
