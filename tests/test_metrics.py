@@ -3,6 +3,8 @@ sockets, promtool's judgement, and several workers' figures summed (multiprocess
 
 from __future__ import annotations
 
+import math
+import os
 import platform
 import shutil
 import signal
@@ -22,7 +24,7 @@ from lbproxy.exporter import _add, check_histogram_layout
 from lbproxy.metrics import DURATION_BUCKETS, Histogram, Stats
 from lbproxy.server import Runtime
 from tests.harness import Backend, Client, LoopThread, config_from, free_port, gateway_toml
-from tests.test_daemon import Daemon, wait_until_serving
+from tests.test_daemon import Daemon, _children, wait_until_serving
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -225,7 +227,10 @@ def test_workers_figures_are_summed_and_reloads_counted(
         while daemon.log().count("the running configuration stays") < 2:
             assert time.monotonic() < deadline, daemon.log()
             time.sleep(0.05)
-        time.sleep(1.5)  # each worker writes its counts at least once a second
+        # Each worker writes its counts once a second (later on a loaded machine).
+        while value(scrape_port(admin), "lbproxy_requests_total", api="api", code="200") < 40:
+            assert time.monotonic() < deadline + 10, daemon.log()
+            time.sleep(0.2)
         for _ in range(10):  # each scrape answered by either worker: the same sums
             samples = parse(http_get(("127.0.0.1", admin), "/metrics")[1].decode())
             assert value(samples, "lbproxy_requests_total", api="api", code="200") == 40
@@ -233,5 +238,69 @@ def test_workers_figures_are_summed_and_reloads_counted(
             assert value(samples, "lbproxy_config_reloads_total", result="failure") == 2
         # Both workers counted (a file each), and the sums above are over both.
         assert len(list(directory.glob("counter_*.db"))) == 2
+    finally:
+        assert daemon.stop() == 0
+
+
+def scrape_port(admin: int) -> Samples:
+    return parse(http_get(("127.0.0.1", admin), "/metrics")[1].decode())
+
+
+def server_up(admin: int) -> dict[str, float]:
+    samples = scrape_port(admin)
+    return {
+        dict(labels)["server"]: v
+        for (name, labels), v in samples.items()
+        if name == "lbproxy_server_up"
+    }
+
+
+def test_workers_forget_removed_servers_and_dead_workers(
+    backends: list[Backend], tmp_path: Path
+) -> None:
+    """Multiprocess mode cannot delete a series: a server removed by a reload reads NaN in
+    every worker (no alert compares true on it), and a dead worker's live gauges go."""
+    port, admin, lb_port = free_port(), free_port(), free_port()
+
+    def text(servers: list[Backend]) -> str:
+        extra = f'workers = 2\nadmin_listen = "127.0.0.1:{admin}"'
+        return gateway_toml(servers, lb_port, gateway_extra=extra).replace(
+            'listen = ["127.0.0.1:0"]', f'listen = ["127.0.0.1:{port}"]'
+        )
+
+    config = tmp_path / "gateway.toml"
+    config.write_text(text(backends))
+    directory = tmp_path / "metrics"
+    daemon = Daemon(config, env={"PROMETHEUS_MULTIPROC_DIR": str(directory)})
+    try:
+        wait_until_serving(port, daemon)
+        deadline = time.monotonic() + 15
+        while daemon.log().count(" serving ") < 2 or len(server_up(admin)) < 3:
+            assert time.monotonic() < deadline, daemon.log()
+            time.sleep(0.1)
+        assert set(server_up(admin).values()) == {1.0}
+        removed = next(name for name in server_up(admin) if name.startswith("i-c:"))
+        config.write_text(text(backends[:2]))  # the same addresses: applied in place
+        daemon.signal(signal.SIGHUP)
+        while daemon.log().count("reloaded") < 2:
+            assert time.monotonic() < deadline, daemon.log()
+            time.sleep(0.05)
+        while not math.isnan(server_up(admin).get(removed, 0.0)):
+            assert time.monotonic() < deadline, server_up(admin)
+            time.sleep(0.1)
+        for _ in range(5):  # whichever worker answers
+            ups = server_up(admin)
+            assert math.isnan(ups[removed])
+            assert sorted(v for k, v in ups.items() if k != removed) == [1.0, 1.0]
+        # A worker killed: the supervisor forgets its live gauges (their files go).
+        victim = _children(daemon.process.pid)[0]
+        assert list(directory.glob(f"gauge_live*_{victim}.db"))
+        os.kill(victim, signal.SIGKILL)
+        while victim in _children(daemon.process.pid) or list(
+            directory.glob(f"gauge_live*_{victim}.db")
+        ):
+            assert time.monotonic() < deadline + 10, daemon.log()
+            time.sleep(0.1)
+        assert list(directory.glob(f"counter_{victim}.db")), "its counts stay counted"
     finally:
         assert daemon.stop() == 0
