@@ -349,6 +349,10 @@ def analyze_response(head: ResponseHead, request_method: bytes) -> None:
         if not head.http11:
             # RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
             raise UpstreamProtocolError("Transfer-Encoding in an HTTP/1.0 response")
+        # Judged for every status, a 1xx, 204, 304 or HEAD answer's too (as h11 does): a
+        # server must not send one there anyway (RFC 9110 6.4.1).
+        if te.strip().lower() != b"chunked":
+            raise UpstreamProtocolError(f"unsupported response Transfer-Encoding {te[:40]!r}")
     status = head.status
     if status == 101:
         # lbproxy never forwards Upgrade, so nothing was asked to switch.
@@ -356,8 +360,6 @@ def analyze_response(head: ResponseHead, request_method: bytes) -> None:
     if request_method == b"HEAD" or status < 200 or status in {204, 304}:
         _frame_bodiless(head, length, request_method)
     elif te is not None:
-        if te.strip().lower() != b"chunked":
-            raise UpstreamProtocolError(f"unsupported response Transfer-Encoding {te[:40]!r}")
         head.chunked = True
     elif length is not None:
         head.content_length = length

@@ -860,6 +860,18 @@ RESPONSES = (
         END,
     ),
     rbad("status-not-numeric", get(b"HTTP/1.1 2x0 OK\r\n\r\n"), UpstreamProtocolError),
+    # Found by atheris: a coding other than chunked on an answer without a body was let pass
+    # by llhttp's reading, refused by h11's; refused in both now (a server must not send it).
+    rbad(
+        "interim-with-unknown-coding",
+        get(b"HTTP/1.1 100 Continue\r\nTransfer-Encoding: .hunked\r\n\r\n"),
+        UpstreamProtocolError,
+    ),
+    rbad(
+        "no-content-with-unknown-coding",
+        get(b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: gzip\r\n\r\n"),
+        UpstreamProtocolError,
+    ),
     rbad("status-line-garbage", get(b"garbage\r\n\r\n"), UpstreamProtocolError),
     rbad(
         "status-below-100",
