@@ -329,6 +329,7 @@ class Supervisor:
         self._interrupts = 0
         # A pipe on which each worker says, once, that it serves (see _say_ready).
         self._ready_r = self._ready_w = -1
+        self._ready_said = False
 
     def run(self) -> int:
         for sig in _RELAYED:
@@ -338,7 +339,13 @@ class Supervisor:
         log.info("supervisor %d started %d workers", os.getpid(), self._workers)
         # READY=1 once every worker serves (systemctl start returns then), read by a thread
         # while this one waits on the workers; a worker that never serves leaves it unsaid.
-        threading.Thread(target=self._say_ready, name="ready", daemon=True).start()
+        # The thread starts with the relayed signals blocked: delivered to it, one would be
+        # handled between a fork and the new worker being counted (see _fork).
+        signal.pthread_sigmask(signal.SIG_BLOCK, _RELAYED)
+        try:
+            threading.Thread(target=self._say_ready, name="ready", daemon=True).start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _RELAYED)
         code = 0
         while self._children:
             try:
@@ -374,6 +381,10 @@ class Supervisor:
             ready += len(said)
         log.info("all %d workers serve", self._workers)
         notify("READY=1")
+        # Said once: workers started from now on are not asked (a write to a pipe nobody
+        # reads would block one day), and the pipe goes.
+        self._ready_said = True
+        os.close(self._ready_r)
 
     def _fork(self) -> int:
         # Signals wait until the new worker is counted, or one sent in between would miss it.
@@ -392,8 +403,12 @@ class Supervisor:
         while it starts are carried out once it serves; Ctrl-C is the supervisor's."""
         global _supervisor, _ready_fd  # noqa: PLW0603 -- this process's one supervisor
         _supervisor = os.getppid()
-        os.close(self._ready_r)
+        with contextlib.suppress(OSError):  # closed already once READY was said
+            os.close(self._ready_r)
         _ready_fd = self._ready_w
+        if self._ready_said:
+            os.close(self._ready_w)
+            _ready_fd = None
         for sig in (signal.SIGTERM, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)

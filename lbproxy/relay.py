@@ -268,7 +268,7 @@ class ClientConnection(Recording, asyncio.Protocol):
     def pause_writing(self) -> None:
         # Remembered: an upstream attached later (next exchange) must start paused too.
         self._write_paused = True
-        if self._head is not None:
+        if self._head is not None and not self._awaiting_body():
             self._deadline.clear()  # a slow client is not a slow upstream
         if self._upstream is not None and self._upstream.transport is not None:
             self._upstream.transport.pause_reading()
@@ -276,7 +276,7 @@ class ClientConnection(Recording, asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         if self._route is not None and self._head is not None:
-            self._deadline.set_in(self._route.try_timeout)
+            self._deadline.set_in(self._exchange_timeout(self._route))
         if self._upstream is not None and self._upstream.transport is not None:
             self._upstream.transport.resume_reading()
 
@@ -326,11 +326,8 @@ class ClientConnection(Recording, asyncio.Protocol):
             self._pending.append((_END, None))
         elif not self._closing:
             head = self._head
-            if head is not None and not head.chunked:
+            if head is not None and not head.chunked and not head.content_length:
                 self._request_done = True  # _end_request(), inline for the usual case
-                if head.content_length and self._route is not None and not self._write_paused:
-                    # The body is in: from now on the upstream's timeout, not the client's.
-                    self._deadline.set_in(self._route.try_timeout)
             else:
                 self._end_request()
 
@@ -424,9 +421,19 @@ class ClientConnection(Recording, asyncio.Protocol):
                 self._pause(_PAUSE_CONNECTING)
         else:
             return
-        if self._route is not None and not self._write_paused:
-            # Progress: each timeout is an idle timeout, restarted by the bytes that move.
-            self._deadline.set_in(self._exchange_timeout(self._route))
+        self._rearm()
+
+    def _rearm(self) -> None:
+        """Progress: the exchange's deadline restarts (each timeout is an idle timeout), with
+        the length the state gives it. The client's body timeout runs even while the client
+        reads no response; the upstream's does not (a slow client is not a slow upstream)."""
+        route = self._route
+        if route is None:
+            return
+        if self._awaiting_body():
+            self._deadline.set_in(self._ctx.gateway.client_body_timeout)
+        elif not self._write_paused:
+            self._deadline.set_in(route.try_timeout)
 
     def _awaiting_body(self) -> bool:
         """Whether the request body is the client's to send now (nothing holds it back)."""
@@ -448,6 +455,9 @@ class ClientConnection(Recording, asyncio.Protocol):
         self._request_done = True
         if head.chunked:
             self._write_upstream(framing.LAST_CHUNK)
+        elif self._route is not None and not self._write_paused:
+            # The body is in: from now on the upstream's timeout, not the client's.
+            self._deadline.set_in(self._route.try_timeout)
 
     # -- response side (called by UpstreamConnection) ---------------------------------------
 

@@ -134,6 +134,9 @@ class Runtime:
             self._switch_access_log(open_access_log(config.gateway.access_log))
         self.config = config
         self.routes = routes
+        for ctx in self._contexts:  # limits and timeouts: for connections accepted from now on
+            ctx.gateway = config.gateway
+            ctx.engine = config.gateway.http_parser
         for ctx in self._api_contexts:
             ctx.resolve = routes.api_router.match
             ctx.guard = routes.guard

@@ -85,6 +85,7 @@ class UpstreamTries:
         _write_paused: bool
 
         def _resume(self, reason: int) -> None: ...
+        def _rearm(self) -> None: ...
         def _fail_request(self, error: HTTPError, close: bool) -> None: ...
         def _upstream_error(self, error: HTTPError) -> None: ...
 
@@ -116,10 +117,17 @@ class UpstreamTries:
             # A client that cannot take more response bytes now holds the response back. Self
             # is the ClientConnection, an UpstreamClient; cast() would cost a call per request.
             upstream.send(self, head.method, data, self._write_paused)  # type: ignore[arg-type]
+            if self._tries > 1:
+                # A retry: bytes a failed connect held are sent, so reading from the client
+                # resumes, and the deadline takes the meaning the request's state gives it.
+                self._resume(PAUSE_CONNECTING)
+                self._rearm()
         else:
             self._connect_time = -1.0  # until connected
             self._send_buffer = [data]
             self._connect_task = ctx.loop.create_task(self._connect(endpoint, head.method))
+            if self._tries > 1:
+                self._rearm()  # a retry: the body may be the client's to send meanwhile
 
     async def _connect(self, endpoint: Endpoint, method: bytes) -> None:
         ctx = self._ctx
@@ -156,6 +164,7 @@ class UpstreamTries:
         self._upstream = upstream
         upstream.send(self, method, b"".join(buffered), self._write_paused)  # type: ignore[arg-type]
         self._resume(PAUSE_CONNECTING)
+        self._rearm()  # connected: progress, and the body may be the client's to send again
 
     def _try_failed(self, error: HTTPError, failure: Failure | None) -> None:
         """A try failed with ``error``: try again where that is safe, else answer it."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -290,3 +291,23 @@ def test_refused_connections_leave_their_places_free(
             assert data.startswith(b"HTTP/1.1 200 ")
             sock.close()
         time.sleep(0.2)
+
+
+def test_limits_changed_by_an_in_place_reload_apply_to_new_connections(
+    gateway_with: GatewayWith, backend: Backend
+) -> None:
+    gateway = gateway_with()
+    config = gateway.runtime.config
+    changed = dataclasses.replace(
+        config, gateway=dataclasses.replace(config.gateway, max_requests_per_connection=1)
+    )
+
+    async def reload() -> None:
+        gateway.runtime.apply(changed)
+
+    gateway.lt.run(reload())
+    sock = gateway.connect()
+    sock.sendall(b"GET /direct/a HTTP/1.1\r\nHost: a\r\n\r\n" * 2)
+    data, closed = recv_all(sock, timeout=2.0)
+    sock.close()
+    assert data.count(b"HTTP/1.1 200 ") == 1 and b"Connection: close" in data and closed
