@@ -339,6 +339,8 @@ def _check_partial_fields(rest: bytes, error: type[HTTPError], request: bool) ->
     last = begun.removesuffix(b"\r")
     if _FIELD_CTL.search(last) or _FIELD_PREFIX.fullmatch(last) is None:
         raise error(_field_problem(last))
+    if last and len(last) < len(begun) and last.find(b":") < 0:
+        raise error("field line without a colon")  # its CR came: llhttp refuses it there
     fields = read_fields(lines, error)
     lengths = codings = 0
     for index, (name, value) in enumerate(fields):

@@ -484,6 +484,9 @@ REQUESTS = (
             b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nHost: b\r\n\r\n",
             BadRequest,
         ),
+        # Found by atheris: a field name ending at CR, no colon, was refused by llhttp at the
+        # CR and by the reference reading only at the LF.
+        bad("field-name-then-cr", b"GET / HTTP/1.1\r\nHost: a\r\nA\r", BadRequest),
         ok("no-version-bare-lf-in-progress", b"GET /M\nHost: a\r\n"),
         bad("no-version-bare-lf-head", b"GET /M\nHost: a\r\n\r\n", BadRequest),
         bad("no-version-bare-lf-then-bare-lf", b"GET /M\nHost: a\nB: c\n", BadRequest),
