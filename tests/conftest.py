@@ -10,6 +10,7 @@ from tests.harness import (
     Handler,
     LoopThread,
     config_from,
+    echo,
     free_port,
     gateway_toml,
 )
@@ -50,11 +51,22 @@ def gateway_for(lt: LoopThread, engine: str) -> Iterator[GatewayFor]:
     started: list[tuple[Gateway, Backend]] = []
 
     def start(
-        handler: Handler, timeout: float = 5.0, extra_api: str = ""
+        handler: Handler = echo,
+        timeout: float = 5.0,
+        extra_api: str = "",
+        gateway_extra: str = "",
+        keep_body: bool = True,
     ) -> tuple[Gateway, Backend]:
-        backend = Backend("a", handler=handler)
+        backend = Backend("a", handler=handler, keep_body=keep_body)
         lt.run(backend.start())
-        text = gateway_toml([backend], free_port(), engine, timeout=timeout, extra_api=extra_api)
+        text = gateway_toml(
+            [backend],
+            free_port(),
+            engine,
+            timeout=timeout,
+            extra_api=extra_api,
+            gateway_extra=gateway_extra,
+        )
         gateway = Gateway(lt, config_from(text))
         started.append((gateway, backend))
         return gateway, backend

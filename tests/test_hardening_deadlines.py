@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.conftest import GatewayFor
 from tests.harness import (
     Backend,
     Gateway,
@@ -37,25 +38,16 @@ async def slow_post(seen: Seen, writer: asyncio.StreamWriter) -> bool:
     return await echo(seen, writer)
 
 
-def test_a_pipelined_body_in_waits_for_the_upstream_timeout(lt: LoopThread, engine: str) -> None:
-    backend = Backend("a", handler=slow_post)
-    lt.run(backend.start())
-    text = gateway_toml(
-        [backend], free_port(), engine, timeout=2.0, gateway_extra="client_body_timeout = 0.3"
+def test_a_pipelined_body_in_waits_for_the_upstream_timeout(gateway_for: GatewayFor) -> None:
+    gateway, _ = gateway_for(slow_post, timeout=2.0, gateway_extra="client_body_timeout = 0.3")
+    sock = gateway.connect()
+    sock.sendall(
+        b"GET /direct/g HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"POST /direct/p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nabcde"
     )
-    gateway = Gateway(lt, config_from(text))
-    try:
-        sock = gateway.connect()
-        sock.sendall(
-            b"GET /direct/g HTTP/1.1\r\nHost: a\r\n\r\n"
-            b"POST /direct/p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nabcde"
-        )
-        data, _ = recv_responses(sock, [b"GET", b"POST"])
-        sock.close()
-        assert statuses(data, [b"GET", b"POST"]) == [200, 200]
-    finally:
-        gateway.stop()
-        lt.run(backend.stop())
+    data, _ = recv_responses(sock, [b"GET", b"POST"])
+    sock.close()
+    assert statuses(data, [b"GET", b"POST"]) == [200, 200]
 
 
 @pytest.fixture
@@ -93,29 +85,22 @@ def test_a_retry_mid_body_keeps_the_body_timeout(
 
 
 def test_a_body_held_by_a_connect_is_the_clients_again_once_connected(
-    lt: LoopThread, engine: str
+    gateway_for: GatewayFor,
 ) -> None:
     # 300 kB arrive while connecting (past the 256 KiB held, reading pauses); once connected
     # the client pauses 2.4 s, within its body timeout (3 s), past the upstream's (2 s).
-    backend = Backend("a", keep_body=False)
-    lt.run(backend.start())
-    text = gateway_toml(
-        [backend], free_port(), engine, timeout=2.0, gateway_extra="client_body_timeout = 3.0"
+    gateway, backend = gateway_for(
+        timeout=2.0, gateway_extra="client_body_timeout = 3.0", keep_body=False
     )
-    gateway = Gateway(lt, config_from(text))
-    try:
-        sock = gateway.connect()
-        head = b"POST /direct/up HTTP/1.1\r\nHost: a\r\nContent-Length: 400000\r\n\r\n"
-        sock.sendall(head + b"x" * 300_000)
-        time.sleep(2.4)
-        sock.sendall(b"y" * 100_000)
-        data, _ = recv_responses(sock, [b"POST"])
-        sock.close()
-        assert statuses(data, [b"POST"]) == [200]
-        assert [s.body_size for s in backend.seen] == [400_000]
-    finally:
-        gateway.stop()
-        lt.run(backend.stop())
+    sock = gateway.connect()
+    head = b"POST /direct/up HTTP/1.1\r\nHost: a\r\nContent-Length: 400000\r\n\r\n"
+    sock.sendall(head + b"x" * 300_000)
+    time.sleep(2.4)
+    sock.sendall(b"y" * 100_000)
+    data, _ = recv_responses(sock, [b"POST"])
+    sock.close()
+    assert statuses(data, [b"POST"]) == [200]
+    assert [s.body_size for s in backend.seen] == [400_000]
 
 
 def test_a_retry_onto_a_pooled_connection_reads_the_rest_of_the_body(

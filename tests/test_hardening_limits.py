@@ -243,33 +243,24 @@ async def sleepy(seen: Seen, writer: asyncio.StreamWriter) -> bool:
 
 @pytest.mark.parametrize("framing", ["length", "chunked"])
 def test_a_sent_body_then_a_slow_upstream_is_504_not_408(
-    lt: LoopThread, engine: str, framing: str
+    gateway_for: GatewayFor, framing: str
 ) -> None:
     # Once the body is in, waiting is the upstream's doing: its timeout (1 s), not the client's
     # body timeout (0.3 s).
-    backend = Backend("a", handler=sleepy)
-    lt.run(backend.start())
-    text = gateway_toml(
-        [backend], free_port(), engine, timeout=1.0, gateway_extra="client_body_timeout = 0.3"
-    )
-    gateway = Gateway(lt, config_from(text))
-    try:
-        sock = gateway.connect()
-        started = time.monotonic()
-        if framing == "length":
-            sock.sendall(b"POST /direct/up HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nabcde")
-        else:
-            sock.sendall(
-                b"POST /direct/up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
-                b"5\r\nabcde\r\n0\r\n\r\n"
-            )
-        data, _ = recv_all(sock, timeout=3.0)
-        sock.close()
-        assert data.startswith(b"HTTP/1.1 504 ") and b"upstream_timeout" in data
-        assert time.monotonic() - started > 0.8
-    finally:
-        gateway.stop()
-        lt.run(backend.stop())
+    gateway, _ = gateway_for(sleepy, timeout=1.0, gateway_extra="client_body_timeout = 0.3")
+    sock = gateway.connect()
+    started = time.monotonic()
+    if framing == "length":
+        sock.sendall(b"POST /direct/up HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nabcde")
+    else:
+        sock.sendall(
+            b"POST /direct/up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nabcde\r\n0\r\n\r\n"
+        )
+    data, _ = recv_all(sock, timeout=3.0)
+    sock.close()
+    assert data.startswith(b"HTTP/1.1 504 ") and b"upstream_timeout" in data
+    assert time.monotonic() - started > 0.8
 
 
 def test_refused_connections_leave_their_places_free(
