@@ -354,6 +354,9 @@ def analyze_response(head: ResponseHead, request_method: bytes) -> None:
         if te.strip().lower() != b"chunked":
             raise UpstreamProtocolError(f"unsupported response Transfer-Encoding {te[:40]!r}")
     status = head.status
+    if status < 200 and not head.http11:
+        # HTTP/1.0 has no 1xx (RFC 9110 15.2), and readings differ on what may follow one.
+        raise UpstreamProtocolError(f"{status} response in HTTP/1.0")
     if status == 101:
         # lbproxy never forwards Upgrade, so nothing was asked to switch.
         raise UpstreamProtocolError("101 Switching Protocols without an upgrade request")

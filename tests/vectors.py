@@ -865,6 +865,13 @@ RESPONSES = (
     rbad("status-not-numeric", get(b"HTTP/1.1 2x0 OK\r\n\r\n"), UpstreamProtocolError),
     # Found by atheris: a coding other than chunked on an answer without a body was let pass
     # by llhttp's reading, refused by h11's; refused in both now (a server must not send it).
+    # Found by atheris: after an HTTP/1.0 interim answer llhttp reads the connection as closed,
+    # h11 reads on; HTTP/1.0 has no 1xx, so both refuse it.
+    rbad(
+        "interim-in-http-1.0",
+        get(b"HTTP/1.0 100 Continue\r\n\r\n" + _OK_HI),
+        UpstreamProtocolError,
+    ),
     rbad(
         "interim-with-unknown-coding",
         get(b"HTTP/1.1 100 Continue\r\nTransfer-Encoding: .hunked\r\n\r\n"),
