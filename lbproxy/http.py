@@ -299,6 +299,10 @@ class HttptoolsResponseParser:
     def on_body(self, body: bytes) -> None:
         if self._skip_body:
             raise UpstreamProtocolError("body bytes after a response to HEAD")
+        if self._status < 200:
+            # llhttp reads a body after some 1xx heads (199 with a Content-Length): relayed,
+            # it would reach the client as bytes of no message.
+            raise UpstreamProtocolError("body bytes in an interim (1xx) response")
         if self._chunked == _CHUNKED_UNCONFIRMED:
             # llhttp reads "Transfer-Encoding: chunked<HTAB>" as not chunked: its data would
             # be the raw chunk framing, so no reading of this body can be trusted.

@@ -867,6 +867,14 @@ RESPONSES = (
     # by llhttp's reading, refused by h11's; refused in both now (a server must not send it).
     # Found by atheris: after an HTTP/1.0 interim answer llhttp reads the connection as closed,
     # h11 reads on; HTTP/1.0 has no 1xx, so both refuse it.
+    # Found by atheris: llhttp read a body after "199" with a Content-Length (the engine
+    # relayed it as bytes of no message); a 1xx has no body, both refuse it.
+    rbad(
+        "interim-199-with-a-body",
+        get(b"HTTP/1.1 199 Odd\r\nContent-Length: 2\r\n\r\nhi"),
+        UpstreamProtocolError,
+        resp(status=199, length=0),
+    ),
     rbad(
         "interim-in-http-1.0",
         get(b"HTTP/1.0 100 Continue\r\n\r\n" + _OK_HI),
