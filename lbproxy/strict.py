@@ -354,6 +354,8 @@ def _check_partial_fields(rest: bytes, error: type[HTTPError], request: bool) ->
             codings += 1
             if lengths:
                 raise error("both Content-Length and Transfer-Encoding")
+            if ended and not value.strip(b" \t"):
+                raise error("empty Transfer-Encoding")  # llhttp refuses it once it ends
             if request and ended and b"chunked" in _codings(value)[:-1]:
                 raise error(f"Transfer-Encoding {value[:40]!r} does not end in chunked")
     name, colon, value = last.partition(b":")

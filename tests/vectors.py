@@ -486,6 +486,11 @@ REQUESTS = (
         ),
         # Found by atheris: a field name ending at CR, no colon, was refused by llhttp at the
         # CR and by the reference reading only at the LF.
+        bad(
+            "empty-transfer-encoding-then-a-field",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \r\nX: y\r\n",
+            BadRequest,
+        ),
         bad("field-name-then-cr", b"GET / HTTP/1.1\r\nHost: a\r\nA\r", BadRequest),
         ok("no-version-bare-lf-in-progress", b"GET /M\nHost: a\r\n"),
         bad("no-version-bare-lf-head", b"GET /M\nHost: a\r\n\r\n", BadRequest),
