@@ -225,7 +225,9 @@ class HttptoolsResponseParser:
         "_expecting",
         "_fed_body",
         "_fields",
+        "_fresh",
         "_headers",
+        "_http11",
         "_idle",
         "_limit",
         "_method",
@@ -250,12 +252,18 @@ class HttptoolsResponseParser:
         # Whether the body is chunked, and whether llhttp read it so too (a chunk header came).
         self._chunked = _NOT_CHUNKED
         self._fields = 0  # the head's fields: trailer fields follow them in _headers
+        # The first read of an exchange begins with its response (the connection was idle), so
+        # its first bytes tell an HTTP/1.1 status line without get_http_version(), which
+        # formats a string per call.
+        self._fresh = False  # no byte of the expected response read yet
+        self._http11 = False  # the response being parsed began "HTTP/1.1 "
 
     def expect(self, method: bytes, sink: ResponseSink) -> None:
         self._sink = sink
         self._method = method
         self._close_delimited = False
         self._expecting = True
+        self._fresh = True
         self._idle = 0
         if self._skip_body:
             # llhttp cannot be told a HEAD response has no body: start a fresh parser instead.
@@ -273,10 +281,14 @@ class HttptoolsResponseParser:
 
     def on_headers_complete(self) -> None:
         p = self._parser
-        version = p.get_http_version()
-        http11 = version == "1.1"
-        if not http11 and version != "1.0":
-            raise UpstreamProtocolError(f"HTTP/{version} response")
+        if self._http11:
+            self._http11 = False  # a final response after a 1xx one is read by llhttp
+            http11 = True
+        else:
+            version = p.get_http_version()
+            http11 = version == "1.1"
+            if not http11 and version != "1.0":
+                raise UpstreamProtocolError(f"HTTP/{version} response")
         status = self._status = p.get_status_code()
         if status < 100:
             raise UpstreamProtocolError(f"invalid status code {status}")
@@ -320,6 +332,9 @@ class HttptoolsResponseParser:
             self._sink.on_response_end()
 
     def feed(self, data: bytes) -> None:
+        if self._fresh:
+            self._fresh = False
+            self._http11 = data[:9] == b"HTTP/1.1 "
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
