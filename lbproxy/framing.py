@@ -366,7 +366,9 @@ def analyze_response(head: ResponseHead, request_method: bytes) -> None:
         head.chunked = True
     elif length is not None:
         head.content_length = length
-    if connection is not None:
+    if connection is _KEEP_ALIVE:  # the usual lone token persists in either version
+        head.keep_alive = True
+    elif connection is not None:
         head.keep_alive = connection.persists(head.http11)
         if connection.named is not None:
             head.kept = connection.drop_named(head.kept)
@@ -452,19 +454,24 @@ def _header_lines(headers: list[Header]) -> bytes:
     return b"\r\n".join(map(_field_line, headers)) + b"\r\n"
 
 
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})  # a set: the method's hash is cached
+
+
 def request_head_bytes(head: RequestHead, host: bytes | None, added: bytes) -> bytes:
     """The upstream request head: canonical framing, end-to-end headers, then ``added`` lines."""
     if head.chunked:
         framing = b"Transfer-Encoding: chunked\r\n"
-    elif head.content_length or head.method in (b"POST", b"PUT", b"PATCH"):
+    elif head.content_length or head.method in _BODY_METHODS:
         framing = b"Content-Length: %d\r\n" % head.content_length
     else:
         framing = b""
+    kept = head.kept
     return b"%b %b HTTP/1.1\r\nHost: %b\r\n%b%b%b\r\n" % (
         head.method,
         head.target,
         host if host is not None else (head.host or b""),
-        _header_lines(head.kept),
+        # _header_lines(), inline: most requests keep no header at all
+        b"\r\n".join(map(_field_line, kept)) + b"\r\n" if kept else b"",
         added,
         framing,
     )
