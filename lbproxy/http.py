@@ -34,6 +34,7 @@ from lbproxy.strict import HeadLimits, check_idle_reads, check_trailers, trailer
 # What an upstream's response head may take (nginx's proxy_buffer_size is 4-8 KiB).
 MAX_RESPONSE_HEAD = 64 * 1024
 _NOT_CHUNKED, _CHUNKED_UNCONFIRMED, _CHUNKED = 0, 1, 2
+_HTTP11_END = b" HTTP/1.1\r\n"
 
 
 class RequestSink(Protocol):
@@ -74,6 +75,7 @@ class HttptoolsRequestParser:
     # request's head is held (a body of a Content-Length cannot fail), so a request without
     # one pays a test or two.
     __slots__ = (
+        "_begins",
         "_careful",
         "_chunked",
         "_fed_body",
@@ -82,6 +84,7 @@ class HttptoolsRequestParser:
         "_held",
         "_held_body",
         "_idle",
+        "_in_body",
         "_limits",
         "_line",
         "_parser",
@@ -115,6 +118,11 @@ class HttptoolsRequestParser:
         self._fed_body = False  # this read carried body bytes
         self._idle = 0
         self._trailer_size = 0
+        # The read being fed when a request's first byte may be its first byte (no message in
+        # progress when it came): its request line then tells HTTP/1.1 without
+        # get_http_version(), which formats a string per call (on_headers_complete).
+        self._begins: bytes | None = None
+        self._in_body = False  # a head is complete, its message's end is not
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -139,12 +147,26 @@ class HttptoolsRequestParser:
         headers = self._headers
         if self._read > self._careful:
             self._limits.check_request(method, url, headers, self._read)
-        version = p.get_http_version()
-        if version not in ("1.0", "1.1"):
-            raise BadRequest(f"HTTP/{version} is not supported")
-        head = RequestHead(method, url, version == "1.1", headers)
+        begins = self._begins
+        self._begins = None  # a later request of this read begins further on
+        at = len(method) + len(url) + 1
+        # "METHOD SP target SP HTTP/1.1 CRLF" from the read's first byte; the target's first
+        # byte right after one space rules out any other reading of the line.
+        if (
+            begins is not None
+            and begins[at : at + 11] == _HTTP11_END
+            and begins[at - len(url)] == 47
+        ):
+            http11 = True
+        else:
+            version = p.get_http_version()
+            if version not in ("1.0", "1.1"):
+                raise BadRequest(f"HTTP/{version} is not supported")
+            http11 = version == "1.1"
+        head = RequestHead(method, url, http11, headers)
         self._url = b""
         self._headers = []
+        self._in_body = True
         framing.analyze_request(head)
         if head.chunked:
             self._chunked = True
@@ -161,6 +183,7 @@ class HttptoolsRequestParser:
             self._held_body.append(body)
 
     def on_message_complete(self) -> None:
+        self._in_body = False
         if self._chunked:
             self._chunked = False
             self._release()
@@ -177,7 +200,8 @@ class HttptoolsRequestParser:
         self._held_body.clear()
 
     def feed(self, data: bytes) -> None:
-        continued = bool(self._url)
+        continued = self._url != b""
+        self._begins = None if continued or self._in_body else data
         size = len(data)
         self._read = size + self._span if continued else size
         try:
