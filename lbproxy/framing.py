@@ -455,6 +455,16 @@ def _header_lines(headers: list[Header]) -> bytes:
 
 
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})  # a set: the method's hash is cached
+# Content-Length lines by length: lengths repeat, and a dict hit costs a third of a format.
+# Bounded, since lengths come from clients and upstreams.
+_length_lines: dict[int, bytes] = {}
+
+
+def _length_line(length: int) -> bytes:
+    line = _length_lines[length] = b"Content-Length: %d\r\n" % length
+    if len(_length_lines) > 4096:
+        del _length_lines[length]
+    return line
 
 
 def request_head_bytes(head: RequestHead, host: bytes | None, added: bytes) -> bytes:
@@ -462,7 +472,7 @@ def request_head_bytes(head: RequestHead, host: bytes | None, added: bytes) -> b
     if head.chunked:
         framing = b"Transfer-Encoding: chunked\r\n"
     elif head.content_length or head.method in _BODY_METHODS:
-        framing = b"Content-Length: %d\r\n" % head.content_length
+        framing = _length_lines.get(head.content_length) or _length_line(head.content_length)
     else:
         framing = b""
     kept = head.kept
@@ -482,13 +492,14 @@ def response_head_bytes(
 ) -> tuple[bytes, int]:
     """The client response head and the body mode the relay must use for its body."""
     status = head.status
-    if head.content_length == 0 and not head.chunked:
+    length = head.content_length
+    if length == 0 and not head.chunked:
         mode = BODY_NONE
         # A bodiless answer (HEAD, 1xx, 204, 304) states no length of its own: for HEAD the
         # upstream's Content-Length, if any, passed through with the end-to-end headers.
         framing = b"" if head.bodiless else b"Content-Length: 0\r\n"
-    elif head.content_length > 0 and not head.chunked:
-        mode, framing = BODY_LENGTH, b"Content-Length: %d\r\n" % head.content_length
+    elif length > 0 and not head.chunked:
+        mode, framing = BODY_LENGTH, _length_lines.get(length) or _length_line(length)
     elif client_http11:
         mode, framing = BODY_CHUNKED, b"Transfer-Encoding: chunked\r\n"
     else:
