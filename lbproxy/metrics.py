@@ -74,13 +74,20 @@ class ApiStats:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        # (method as received, status) -> count; the exporter bounds the methods.
-        self.requests: dict[tuple[bytes, int], int] = {}
+        # method as received -> status -> count; the exporter bounds the methods. Nested
+        # rather than keyed by (method, status): no tuple to build and hash twice per request,
+        # and the method's hash is cached by the bytes object.
+        self.requests: dict[bytes, dict[int, int]] = {}
         self.duration = Histogram(DURATION_BUCKETS)
 
     def take_requests(self) -> dict[tuple[bytes, int], int]:
+        """Counts by (method, status) since the last take, and start again."""
         requests, self.requests = self.requests, {}
-        return requests
+        return {
+            (method, status): n
+            for method, by_status in requests.items()
+            for status, n in by_status.items()
+        }
 
 
 class GroupStats:

@@ -59,9 +59,10 @@ class Recording(UpstreamTries):
         route = self._route
         status = self._status
         api = route.stats if route is not None else self._ctx.stats.unrouted
-        key = (method, status)
-        requests = api.requests
-        requests[key] = requests.get(key, 0) + 1
+        by_status = api.requests.get(method)
+        if by_status is None:
+            by_status = api.requests[method] = {}
+        by_status[status] = by_status.get(status, 0) + 1
         duration = now - started
         histogram = api.duration
         bucket = bisect_left(DURATION_BUCKETS, duration)
