@@ -26,6 +26,13 @@ class Deadline:
         if self._handle is None or when < self._handle_when:
             self._arm(when)
 
+    def set_at(self, when: float) -> None:
+        """``set_in`` for a caller that already read the loop's clock (the same value all
+        through a callback): one clock read less."""
+        self.when = when
+        if self._handle is None or when < self._handle_when:
+            self._arm(when)
+
     def _arm(self, when: float) -> None:
         if self._handle is not None:
             self._handle.cancel()

@@ -89,6 +89,15 @@ def _new_request_ids() -> None:
 os.register_at_fork(after_in_child=_new_request_ids)
 
 
+def _new_request_id() -> bytes:
+    """Unique, not secret: a per-process random prefix and a counter cost no syscall."""
+    number = next(_request_numbers)
+    low = number & 0xFFF
+    if not low:
+        _id_high[0] = _REQUEST_ID_PREFIX + b"%09x" % (number >> 12)
+    return _id_high[0] + _ID_LOW[low]
+
+
 class ClientConnection(Recording, asyncio.Protocol):
     __slots__ = (
         "_body_limit",
@@ -343,14 +352,7 @@ class ClientConnection(Recording, asyncio.Protocol):
         ctx = self._ctx
         self._started = self._try_at = perf_counter()
         self._target = head.target
-        # Unique, not secret: a per-process random prefix and a counter cost no syscall.
-        request_id = head.request_id
-        if not request_id:  # none, or empty
-            number = next(_request_numbers)
-            low = number & 0xFFF
-            if not low:
-                _id_high[0] = _REQUEST_ID_PREFIX + b"%09x" % (number >> 12)
-            request_id = _id_high[0] + _ID_LOW[low]
+        request_id = head.request_id or _new_request_id()
         self._request_id = request_id
         self._head = head
         self._head_state = _HEAD_NONE
@@ -376,7 +378,8 @@ class ClientConnection(Recording, asyncio.Protocol):
             if head.content_length > limit:
                 raise PayloadTooLarge(f"body of {head.content_length} bytes exceeds {limit}")
             group = route.group
-            host = group.pick(ctx.loop.time())
+            now = ctx.loop.time()
+            host = group.pick(now)
             if host is None:  # every server drained through the admin API
                 raise ServiceUnavailable(f"no server of {group.name} takes requests")
         except HTTPError as exc:
@@ -398,7 +401,7 @@ class ClientConnection(Recording, asyncio.Protocol):
         self._group = group
         self._resend = [data]
         self._resend_size = len(data)
-        self._try(host, data, fresh=False)
+        self._try(host, data, False, now)
         if (head.content_length or head.chunked) and self._head is head:  # has_body(), inline
             # The body is the client's to send: client_body_timeout until it is in.
             self._deadline.set_in(self._exchange_timeout(route))

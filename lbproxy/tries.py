@@ -89,9 +89,9 @@ class UpstreamTries:
         def _fail_request(self, error: HTTPError, close: bool) -> None: ...
         def _upstream_error(self, error: HTTPError) -> None: ...
 
-    def _try(self, host: int, data: bytes, fresh: bool) -> None:
+    def _try(self, host: int, data: bytes, fresh: bool, now: float) -> None:
         """Send the request (``data``: every byte of it so far) to the group's server ``host``,
-        on a pooled connection unless ``fresh``."""
+        on a pooled connection unless ``fresh``; ``now``: the loop's time."""
         ctx = self._ctx
         route = self._route
         group = self._group
@@ -109,7 +109,7 @@ class UpstreamTries:
         except HTTPError as exc:  # the authorization gate refused: no other server will do
             self._fail_request(exc, close=not self._request_done)
             return
-        self._deadline.set_in(route.try_timeout)
+        self._deadline.set_at(now + route.try_timeout)
         if upstream is not None:
             group.stats.reused[host] += 1
             self._connect_time = -1.0
@@ -196,7 +196,7 @@ class UpstreamTries:
         self._send_buffer = None
         group.stats.retry(failure.value)
         self._try_at = perf_counter()
-        self._try(following[0], b"".join(resend), fresh=following[1])
+        self._try(following[0], b"".join(resend), following[1], now)
 
     def on_upstream_error(self, error: HTTPError) -> None:
         upstream = self._upstream
