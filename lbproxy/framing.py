@@ -337,12 +337,12 @@ def analyze_response(head: ResponseHead, request_method: bytes) -> None:
                 length = int(value)  # the usual case, without a call
             else:
                 length = _parse_content_length(value, length, UpstreamProtocolError)
+        elif kind == _CONNECTION:  # before _TE: the usual second special header
+            connection = _connection(connection, header[1])
         elif kind == _TE:
             if te is not None:
                 raise UpstreamProtocolError("more than one Transfer-Encoding header")
             te = header[1]
-        elif kind == _CONNECTION:
-            connection = _connection(connection, header[1])
     if te is not None:
         if length is not None:
             raise UpstreamProtocolError("both Content-Length and Transfer-Encoding")

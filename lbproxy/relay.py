@@ -34,7 +34,7 @@ from lbproxy.errors import (
     TooManyConnections,
     UpstreamNotAuthorized,
 )
-from lbproxy.framing import BODY_CHUNKED, BODY_NONE, RequestHead, ResponseHead
+from lbproxy.framing import BODY_CHUNKED, BODY_NONE, BODY_UNTIL_CLOSE, RequestHead, ResponseHead
 from lbproxy.http import request_parser
 from lbproxy.recording import CLIENT_CLOSED, Recording
 from lbproxy.responses import error_response
@@ -481,20 +481,22 @@ class ClientConnection(Recording, asyncio.Protocol):
         request = self._head
         if transport is None or request is None:
             return
-        if head.status < 200:
-            if head.status != 100 and request.http11:
+        status = head.status
+        if status < 200:
+            if status != 100 and request.http11:
                 self.wbuf.append(framing.interim_head_bytes(head))
             return
         group = self._group
         if group is not None and (group.board.troubled or group.board.fail_statuses):
-            self._report_status(group, head.status)
+            self._report_status(group, status)
         self._upstream_keep_alive = head.keep_alive
-        self._status = head.status
+        self._status = status
         keep_alive = self._keep_alive and not self._closing
         if self._ctx.draining and not self._pending:
             keep_alive = False
-        data, self._resp_mode = framing.response_head_bytes(head, request.http11, keep_alive)
-        if self._resp_mode == framing.BODY_UNTIL_CLOSE:
+        data, mode = framing.response_head_bytes(head, request.http11, keep_alive)
+        self._resp_mode = mode
+        if mode == BODY_UNTIL_CLOSE:
             keep_alive = False
         self._keep_alive = keep_alive
         self._response_started = True
