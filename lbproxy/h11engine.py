@@ -197,8 +197,8 @@ class H11RequestParser:
         """Read the head at ``start``; return where it ends, or ``start`` if it is not
         complete yet."""
         end = buf.find(_EMPTY_LINE, start)
-        if end < 0:
-            return start
+        if end < 0 or buf.startswith(b"PRI ", start):
+            return start  # (HTTP/2's preface: llhttp reads on, the partial check refuses it)
         raw = buf[start : end + 2]
         check_line_ends(raw, BadRequest)
         line, *lines = raw[:-2].split(b"\r\n")
@@ -207,7 +207,13 @@ class H11RequestParser:
         if len(target) > limits.line:
             raise RequestLineTooLong(f"request line longer than {limits.line} bytes")
         fields = read_fields(lines, BadRequest)
-        _check_framing_fields(fields, BadRequest)
+        try:
+            _check_framing_fields(fields, BadRequest)
+        except HTTPError:
+            # The httptools engine judges the fields in framing's order (an invalid Host
+            # before an unknown coding, say): so does this, for the same verdict.
+            framing.analyze_request(RequestHead(method, target, version == b"1.1", fields))
+            raise
         self._read_with_h11(method, target, version, buf[start + len(line) : end + 4])
         limits.check_request(method, target, fields, end + 4 - start)
         if version not in (b"1.0", b"1.1"):

@@ -108,7 +108,12 @@ RTSP_METHODS = frozenset(
 )
 _PROTOCOL_METHODS = {b"HTTP": HTTP_METHODS, b"RTSP": RTSP_METHODS, b"ICE": frozenset({b"SOURCE"})}
 _METHODS = HTTP_METHODS | RTSP_METHODS
-_METHOD_PREFIXES = frozenset(m[:i] for m in _METHODS for i in range(1, len(m) + 1))
+# llhttp also reads PRI (HTTP/2's preface) and refuses it only further on: a partial line may
+# begin with it.
+_PARTIAL_METHODS = _METHODS | {b"PRI"}
+_METHOD_PREFIXES = frozenset(m[:i] for m in _PARTIAL_METHODS for i in range(1, len(m) + 1))
+# What llhttp wants after a PRI request line: the rest of HTTP/2's preface, then it stops.
+PREFACE_REST = b"\r\nSM\r\n\r\n"
 # The versions llhttp reads (others fail as their minor digit arrives); lbproxy serves two.
 _LLHTTP_VERSIONS = frozenset({b"0.9", b"1.0", b"1.1", b"2.0"})
 
@@ -257,12 +262,19 @@ def check_partial_request(raw: bytes, error: type[HTTPError]) -> None:
     line, crlf, rest = raw.partition(b"\r\n")
     if not crlf:
         if line.endswith(b"\r"):  # a line that ends here: whole (llhttp reads HTTP/0.9 too)
-            if _REQUEST_LINE_09.fullmatch(line[:-1]):
+            if line.startswith(b"PRI "):
+                _check_partial_request_line(line[:-1], error)
+            elif _REQUEST_LINE_09.fullmatch(line[:-1]):
                 _check_partial_request_line(line[:-1] + b" ", error)
             else:
                 read_request_line(line[:-1], error)
         else:
             _check_partial_request_line(line, error)
+        return
+    if line.startswith(b"PRI "):
+        _check_partial_request_line(line, error)
+        if not PREFACE_REST.startswith(rest) or rest == PREFACE_REST:
+            raise error("not an HTTP/1 request (HTTP/2 connection preface)")
         return
     if _REQUEST_LINE_09.fullmatch(line):
         # No version: llhttp reads on (HTTP/0.9) and the head is refused once it ends.
@@ -293,7 +305,7 @@ def _check_partial_request_line(line: bytes, error: type[HTTPError]) -> None:
         if method and method not in _METHOD_PREFIXES:
             raise error(f"invalid method {method[:20]!r}")
         return
-    if method not in _METHODS:
+    if method not in _PARTIAL_METHODS:
         raise error(f"invalid method {method[:20]!r}")
     target, space, rest = rest.lstrip(b" ").partition(b" ")
     if not is_llhttp_url(target, method == b"CONNECT", complete=bool(space)):
@@ -313,10 +325,13 @@ def _check_partial_protocol(
     if whole or name in _PROTOCOL_METHODS:
         if name not in _PROTOCOL_METHODS:
             raise error(f"invalid protocol {name[:20]!r}")
-        if method and method not in _PROTOCOL_METHODS[name]:
+        if method and method not in _PROTOCOL_METHODS[name] and (method, name) != _PRI_HTTP:
             raise error(f"invalid method {method[:20]!r} for {name.decode()}")
     elif not any(full.startswith(name) for full in _PROTOCOL_METHODS):
         raise error(f"invalid protocol {name[:20]!r}")
+
+
+_PRI_HTTP = (b"PRI", b"HTTP")
 
 
 def _bad_version(version: bytes) -> bool:

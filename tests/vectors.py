@@ -491,6 +491,16 @@ REQUESTS = (
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \r\nX: y\r\n",
             BadRequest,
         ),
+        # Found by atheris: PRI (HTTP/2's preface) is read by llhttp up to the preface's end,
+        # and an invalid Host outranks an unknown coding in both readings now.
+        ok("pri-line-in-progress", b"PRI * HTTP/2.0\r\n\r\nS"),
+        bad("pri-preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", BadRequest),
+        bad("pri-then-a-field", b"PRI * HTTP/1.1\r\nHost: a\r\n\r\n", BadRequest),
+        bad(
+            "invalid-host-and-unknown-coding",
+            b"POST / HTTP/1.1\r\nHost: a/b\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            BadRequest,
+        ),
         bad("field-name-then-cr", b"GET / HTTP/1.1\r\nHost: a\r\nA\r", BadRequest),
         ok("no-version-bare-lf-in-progress", b"GET /M\nHost: a\r\n"),
         bad("no-version-bare-lf-head", b"GET /M\nHost: a\r\n\r\n", BadRequest),
