@@ -263,7 +263,7 @@ def check_partial_request(raw: bytes, error: type[HTTPError]) -> None:
     if not crlf:
         if line.endswith(b"\r"):  # a line that ends here: whole (llhttp reads HTTP/0.9 too)
             if line.startswith(b"PRI "):
-                _check_partial_request_line(line[:-1], error)
+                _check_pri_line(line[:-1], error)
             elif _REQUEST_LINE_09.fullmatch(line[:-1]):
                 _check_partial_request_line(line[:-1] + b" ", error)
             else:
@@ -272,7 +272,7 @@ def check_partial_request(raw: bytes, error: type[HTTPError]) -> None:
             _check_partial_request_line(line, error)
         return
     if line.startswith(b"PRI "):
-        _check_partial_request_line(line, error)
+        _check_pri_line(line, error)
         if not PREFACE_REST.startswith(rest) or rest == PREFACE_REST:
             raise error("not an HTTP/1 request (HTTP/2 connection preface)")
         return
@@ -332,6 +332,14 @@ def _check_partial_protocol(
 
 
 _PRI_HTTP = (b"PRI", b"HTTP")
+_PRI_LINE = re.compile(rb"PRI +[\x21-\x7e]+(?: +HTTP/[0-9]\.[0-9])?")
+
+
+def _check_pri_line(line: bytes, error: type[HTTPError]) -> None:
+    """A whole PRI request line, as llhttp reads it: with a whole version, or none."""
+    _check_partial_request_line(line, error)
+    if not _PRI_LINE.fullmatch(line):
+        raise error(f"invalid request line {line[:40]!r}")
 
 
 def _bad_version(version: bytes) -> bool:
