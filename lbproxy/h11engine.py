@@ -35,6 +35,7 @@ from lbproxy.strict import (
     check_line_ends,
     check_partial_request,
     check_partial_response,
+    is_preface_line,
     read_fields,
     read_request_line,
     read_status_line,
@@ -197,8 +198,12 @@ class H11RequestParser:
         """Read the head at ``start``; return where it ends, or ``start`` if it is not
         complete yet."""
         end = buf.find(_EMPTY_LINE, start)
-        if end < 0 or buf.startswith(b"PRI ", start):
-            return start  # (HTTP/2's preface: llhttp reads on, the partial check refuses it)
+        if end < 0:
+            return start
+        if buf.startswith(b"PRI ", start) and is_preface_line(
+            buf[start : buf.find(b"\r\n", start)]
+        ):
+            return start  # HTTP/2's preface: llhttp reads on, the partial check refuses it
         raw = buf[start : end + 2]
         check_line_ends(raw, BadRequest)
         line, *lines = raw[:-2].split(b"\r\n")

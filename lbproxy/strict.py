@@ -262,7 +262,7 @@ def check_partial_request(raw: bytes, error: type[HTTPError]) -> None:
     line, crlf, rest = raw.partition(b"\r\n")
     if not crlf:
         if line.endswith(b"\r"):  # a line that ends here: whole (llhttp reads HTTP/0.9 too)
-            if line.startswith(b"PRI "):
+            if is_preface_line(line[:-1]):
                 _check_pri_line(line[:-1], error)
             elif _REQUEST_LINE_09.fullmatch(line[:-1]):
                 _check_partial_request_line(line[:-1] + b" ", error)
@@ -271,7 +271,7 @@ def check_partial_request(raw: bytes, error: type[HTTPError]) -> None:
         else:
             _check_partial_request_line(line, error)
         return
-    if line.startswith(b"PRI "):
+    if is_preface_line(line):
         _check_pri_line(line, error)
         if not PREFACE_REST.startswith(rest) or rest == PREFACE_REST:
             raise error("not an HTTP/1 request (HTTP/2 connection preface)")
@@ -333,6 +333,12 @@ def _check_partial_protocol(
 
 _PRI_HTTP = (b"PRI", b"HTTP")
 _PRI_LINE = re.compile(rb"PRI +[\x21-\x7e]+(?: +HTTP/[0-9]\.[0-9])?")
+
+
+def is_preface_line(line: bytes) -> bool:
+    """A PRI request line with a version: llhttp then wants the rest of HTTP/2's preface (one
+    without is read as any HTTP/0.9 line)."""
+    return line.startswith(b"PRI ") and _REQUEST_LINE_09.fullmatch(line) is None
 
 
 def _check_pri_line(line: bytes, error: type[HTTPError]) -> None:
