@@ -397,6 +397,9 @@ def _check_partial_fields(rest: bytes, error: type[HTTPError], request: bool) ->
         raise error("invalid or repeated Content-Length")
     if lower == b"transfer-encoding" and lengths:
         raise error("both Content-Length and Transfer-Encoding")
+    if request and lower == b"transfer-encoding" and b"chunked" in _codings(value)[:-1]:
+        # llhttp refuses a coding after chunked as soon as its comma comes.
+        raise error(f"Transfer-Encoding {value[:40]!r} does not end in chunked")
 
 
 def _is_length_prefix(value: bytes) -> bool:

@@ -496,6 +496,11 @@ REQUESTS = (
         ok("pri-line-in-progress", b"PRI * HTTP/2.0\r\n\r\nS"),
         bad("pri-preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", BadRequest),
         bad("pri-without-a-version-number", b"PRI * HTTP\r\n\r\nS", BadRequest),
+        bad(
+            "coding-after-chunked-in-progress",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chu",
+            BadRequest,
+        ),
         bad("pri-without-a-version", b"PRI  *HT\r\n\r\n", BadRequest),
         bad("pri-then-a-field", b"PRI * HTTP/1.1\r\nHost: a\r\n\r\n", BadRequest),
         bad(
