@@ -377,7 +377,12 @@ def _check_partial_fields(rest: bytes, error: type[HTTPError], request: bool) ->
         ended = index + 1 < len(fields) or bool(begun)
         if lower == b"content-length":
             lengths += 1
-            if codings or lengths > 1 or (not value.isdigit() and (value or ended)):
+            if (
+                codings
+                or lengths > 1
+                or (not value.isdigit() and (value or ended))
+                or int(value or 0) > _MAX_LENGTH  # llhttp refuses it once the line ends
+            ):
                 raise error("invalid or repeated Content-Length")
         elif lower == b"transfer-encoding":
             codings += 1

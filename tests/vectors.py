@@ -501,6 +501,11 @@ REQUESTS = (
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chu",
             BadRequest,
         ),
+        bad(
+            "overflowing-length-then-a-field",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551616\r\nX",
+            BadRequest,
+        ),
         bad("pri-without-a-version", b"PRI  *HT\r\n\r\n", BadRequest),
         bad("pri-then-a-field", b"PRI * HTTP/1.1\r\nHost: a\r\n\r\n", BadRequest),
         bad(
