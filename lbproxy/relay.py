@@ -290,8 +290,8 @@ class ClientConnection(Recording, asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self._route is not None and self._head is not None:
-            self._deadline.set_in(self._exchange_timeout(self._route))
+        if self._head is not None:
+            self._rearm()
         if self._upstream is not None and self._upstream.transport is not None:
             self._upstream.transport.resume_reading()
 
@@ -311,13 +311,12 @@ class ClientConnection(Recording, asyncio.Protocol):
 
     def pause_client_reading(self) -> None:
         self._pause(_PAUSE_UPSTREAM_FULL)
-        if self._route is not None and not self._write_paused:
-            self._deadline.set_in(self._route.try_timeout)  # the upstream's turn
+        self._rearm()  # the upstream's turn
 
     def resume_client_reading(self) -> None:
         self._resume(_PAUSE_UPSTREAM_FULL)
-        if self._route is not None and not self._write_paused:
-            self._deadline.set_in(self._exchange_timeout(self._route))
+        if not self._write_paused:
+            self._rearm()
 
     # -- RequestSink --------------------------------------------------------------------------
 
@@ -403,8 +402,7 @@ class ClientConnection(Recording, asyncio.Protocol):
         self._resend_size = len(data)
         self._try(host, data, False, now)
         if (head.content_length or head.chunked) and self._head is head:  # has_body(), inline
-            # The body is the client's to send: client_body_timeout until it is in.
-            self._deadline.set_in(self._exchange_timeout(route))
+            self._rearm()  # the body is the client's to send: client_body_timeout until it is in
             if head.expect_continue and self.transport is not None:
                 self.transport.write(_CONTINUE)
 
@@ -456,13 +454,6 @@ class ClientConnection(Recording, asyncio.Protocol):
             self._request_done or self._response_started or self._paused & _PAUSE_FOR_UPSTREAM
         )
 
-    def _exchange_timeout(self, route: Route) -> float:
-        """The deadline's length while an exchange is in flight: the client's body timeout
-        while the request body is the client's to send, else the upstream's timeout."""
-        if self._awaiting_body():
-            return self._ctx.gateway.client_body_timeout
-        return route.try_timeout
-
     def _end_request(self) -> None:
         head = self._head
         if head is None:
@@ -470,9 +461,8 @@ class ClientConnection(Recording, asyncio.Protocol):
         self._request_done = True
         if head.chunked:
             self._write_upstream(framing.LAST_CHUNK)
-        elif self._route is not None and not self._write_paused:
-            # The body is in: from now on the upstream's timeout, not the client's.
-            self._deadline.set_in(self._route.try_timeout)
+        else:
+            self._rearm()  # the body is in: from now on the upstream's timeout
 
     # -- response side (called by UpstreamConnection) ---------------------------------------
 

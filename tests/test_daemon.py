@@ -4,6 +4,7 @@ replacement, the pid file and systemd notifications."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -289,25 +290,33 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def test_systemd_notifications(backends: list[Backend], tmp_path: Path) -> None:
-    port = free_port()
-    config = tmp_path / "gateway.toml"
-    config.write_text(config_text(backends, port))
-    notify_path = str(tmp_path / "notify.sock")
+@contextlib.contextmanager
+def notified_daemon(config: Path) -> Iterator[tuple[Daemon, socket.socket]]:
+    """A daemon told to notify a datagram socket of ours (as systemd's NOTIFY_SOCKET), and
+    that socket; the daemon must exit 0 when stopped."""
+    notify_path = str(config.parent / "notify.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sink:
         sink.bind(notify_path)
         sink.settimeout(15)
         daemon = Daemon(config, env={"NOTIFY_SOCKET": notify_path})
         try:
-            assert sink.recv(4096) == b"READY=1"
-            assert get(port) == 200
-            daemon.signal(signal.SIGHUP)
-            assert sink.recv(4096).startswith(b"RELOADING=1\nMONOTONIC_USEC=")
-            assert sink.recv(4096) == b"READY=1"
-            daemon.signal(signal.SIGTERM)
-            assert sink.recv(4096) == b"STOPPING=1"
+            yield daemon, sink
         finally:
             assert daemon.stop() == 0
+
+
+def test_systemd_notifications(backends: list[Backend], tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(config_text(backends, port))
+    with notified_daemon(config) as (daemon, sink):
+        assert sink.recv(4096) == b"READY=1"
+        assert get(port) == 200
+        daemon.signal(signal.SIGHUP)
+        assert sink.recv(4096).startswith(b"RELOADING=1\nMONOTONIC_USEC=")
+        assert sink.recv(4096) == b"READY=1"
+        daemon.signal(signal.SIGTERM)
+        assert sink.recv(4096) == b"STOPPING=1"
 
 
 def test_a_supervisor_is_ready_once_every_worker_serves(
@@ -318,18 +327,11 @@ def test_a_supervisor_is_ready_once_every_worker_serves(
     config.write_text(
         config_text(backends, port).replace("[gateway]\n", "[gateway]\nworkers = 2\n")
     )
-    notify_path = str(tmp_path / "notify.sock")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sink:
-        sink.bind(notify_path)
-        sink.settimeout(15)
-        daemon = Daemon(config, env={"NOTIFY_SOCKET": notify_path})
-        try:
-            assert sink.recv(4096) == b"READY=1"
-            # Said after both workers serve, so every connection from now on is served.
-            assert daemon.log().count(" serving ") == 2, daemon.log()
-            assert {get(port) for _ in range(10)} == {200}
-        finally:
-            assert daemon.stop() == 0
+    with notified_daemon(config) as (daemon, sink):
+        assert sink.recv(4096) == b"READY=1"
+        # Said after both workers serve, so every connection from now on is served.
+        assert daemon.log().count(" serving ") == 2, daemon.log()
+        assert {get(port) for _ in range(10)} == {200}
 
 
 def test_workers_reload_reopen_and_ctrl_c(
