@@ -7,28 +7,43 @@ SRC := lbproxy
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-deps check fmt lint typecheck pytest bench bench-deps bench-micro load clean
+.PHONY: demo build test test-deps check pure fmt lint typecheck pytest bench bench-deps bench-micro load clean
 
+# mypyc compiles these modules (lbproxy/_build.py, setup.py) when the package is installed; a
+# change to one of them reinstalls, which rebuilds the extensions beside the sources.
+BUILD_INPUTS := pyproject.toml setup.py lbproxy/_build.py $(shell $(PYTHON) lbproxy/_build.py)
+
+# mypyc needs a C compiler and Python's headers (Debian: gcc, python3-dev); without them the
+# package installs as pure Python, which works the same, slower (setup.py).
 $(BIN)/python:
+	@$(PYTHON) -c 'import os, shutil, sys, sysconfig; \
+		sys.exit(not (shutil.which("cc") and os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")))' || \
+		{ $(SUDO) $(APT_GET) update -qq && $(SUDO) $(APT_GET) install -y -qq gcc python3-dev; } || \
+		echo "no C compiler or Python headers: lbproxy will run pure Python"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-run: $(BUILD_INPUTS) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-dev: $(BUILD_INPUTS) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.installed-run
 
-$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-bench: $(BUILD_INPUTS) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $@ $(VENV)/.installed-dev $(VENV)/.installed-run
 
 demo: $(VENV)/.installed-run
 	$(BIN)/lbproxy demo
 
-test: test-deps check
+# The package with its compiled hot path, rebuilt when a compiled module changed.
+build: $(VENV)/.installed-run
+
+# The suite on the compiled build (what ships), then again on pure Python (LBPROXY_PURE=1: what
+# runs where there is no C compiler, and the reference the compiled build must match).
+test: test-deps check pure
 
 # Debian packages the tests drive for real: nginx (benchmarks run briefly), prometheus and promtool
 # (a real scrape of /metrics), chromium (the status page in a headless browser). The tests that
@@ -50,6 +65,9 @@ check: $(VENV)/.installed-dev
 
 pytest: $(VENV)/.installed-dev
 	$(BIN)/pytest
+
+pure: $(VENV)/.installed-dev
+	LBPROXY_PURE=1 $(BIN)/pytest -q
 
 fmt: $(VENV)/.installed-dev
 	$(BIN)/ruff format $(SRC) tests bench
@@ -79,4 +97,4 @@ bench-micro: $(VENV)/.installed-bench
 		--benchmark-columns=min,median,iqr,ops,rounds $$compare $(MICRO_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache lbproxy/*.so *__mypyc.*.so

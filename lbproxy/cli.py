@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from lbproxy import __version__, daemon
+from lbproxy import BUILD, __version__, daemon
 from lbproxy.authz import build_reachability, format_table
 from lbproxy.config import Config
 from lbproxy.configload import load_config, parse_config, parse_host_port
@@ -37,7 +37,7 @@ log = logging.getLogger("lbproxy")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lbproxy", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"lbproxy {__version__}")
+    parser.add_argument("--version", action="version", version=f"lbproxy {__version__} ({BUILD})")
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )

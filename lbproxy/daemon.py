@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from lbproxy import __version__
+from lbproxy import BUILD, __version__
 from lbproxy.config import Config
 from lbproxy.errors import ConfigError, StartupError
 from lbproxy.exporter import MULTIPROC_ENV, Exporter, use_multiprocess, worker_exited
@@ -131,7 +131,11 @@ class Worker:
             self._reopen_logs()
         config = self.runtime.config
         log.info(
-            "lbproxy %s serving %d API(s) in pid %d", __version__, len(config.apis), os.getpid()
+            "lbproxy %s (%s) serving %d API(s) in pid %d",
+            __version__,
+            BUILD,
+            len(config.apis),
+            os.getpid(),
         )
         self._notify("READY=1")
         _tell_supervisor_ready()

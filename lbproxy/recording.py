@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from time import perf_counter
-from typing import TYPE_CHECKING
 
 from lbproxy.metrics import DURATION_BUCKETS
 from lbproxy.tries import UpstreamTries
@@ -44,8 +43,7 @@ class Recording(UpstreamTries):
     _target: bytes
     _request_id: bytes
 
-    if TYPE_CHECKING:
-        _client_ip: bytes
+    _client_ip: bytes  # set by ClientConnection
 
     def _record(self) -> None:
         started = self._started

@@ -1,4 +1,4 @@
-"""The client side of the relay: one ``asyncio.Protocol`` per client connection.
+"""The client side of the relay: one protocol per client connection.
 
 Theory of operation. The parser engine calls ``on_request_head/body/end``. A head is routed to a
 ``Route`` (an API's authorization, or a load balancer listener), the balancer picks a server,
@@ -19,7 +19,7 @@ import logging
 import os
 from collections import deque
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from lbproxy import framing
 from lbproxy.deadline import Deadline
@@ -42,6 +42,8 @@ from lbproxy.router import request_path
 from lbproxy.tries import PAUSE_CONNECTING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from lbproxy.metrics import Stats
     from lbproxy.routes import RelayContext, Route
 
@@ -98,7 +100,7 @@ def _new_request_id() -> bytes:
     return _id_high[0] + _ID_LOW[low]
 
 
-class ClientConnection(Recording, asyncio.Protocol):
+class ClientConnection(Recording):
     __slots__ = (
         "_body_limit",
         "_body_seen",
@@ -658,3 +660,10 @@ class ClientConnection(Recording, asyncio.Protocol):
         ``ctx.draining`` set, requests queued behind it are answered 503)."""
         if self._head is None and not self._pending:
             self._close()
+
+
+def client_protocol(ctx: RelayContext) -> Callable[[], asyncio.Protocol]:
+    """The protocol factory of a listener. asyncio and uvloop call a protocol's methods by name,
+    so ``ClientConnection`` does not inherit ``asyncio.Protocol``: that keeps it a native class
+    when mypyc compiles this module (its slots a C struct; see setup.py)."""
+    return cast("Callable[[], asyncio.Protocol]", lambda: ClientConnection(ctx))

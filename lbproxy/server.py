@@ -24,7 +24,7 @@ from lbproxy.errors import ConfigError, StartupError
 from lbproxy.exporter import Exporter
 from lbproxy.metrics import Stats
 from lbproxy.pool import PoolSet
-from lbproxy.relay import ClientConnection
+from lbproxy.relay import client_protocol
 from lbproxy.routes import RelayContext, Route, RouteTable, ServerGroup, build_routes
 from lbproxy.state import Document, read_weights, state_path
 
@@ -281,11 +281,11 @@ class Runtime:
                 # queue of connections not yet accepted), which its close then leaves open.
                 sock = socket.socket(fileno=os.dup(inherited.fileno()))
                 server = await loop.create_server(
-                    lambda: ClientConnection(ctx), sock=sock, backlog=1024, ssl=tls
+                    client_protocol(ctx), sock=sock, backlog=1024, ssl=tls
                 )
             else:
                 server = await loop.create_server(
-                    lambda: ClientConnection(ctx),
+                    client_protocol(ctx),
                     address[0],
                     address[1],
                     reuse_address=True,

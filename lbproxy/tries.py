@@ -73,21 +73,29 @@ class UpstreamTries:
     _try_at: float
     _connect_time: float
 
-    if TYPE_CHECKING:
-        # ClientConnection's state and methods, which the tries read and call.
-        _ctx: RelayContext
-        _route: Route | None
-        _head: RequestHead | None
-        _deadline: Deadline
-        _closing: bool
-        _request_done: bool
-        _response_started: bool
-        _write_paused: bool
+    # ClientConnection's state and methods, which the tries read and call. Declared here, not
+    # only under TYPE_CHECKING, so that mypyc compiles one native class layout for the chain
+    # UpstreamTries -> Recording -> ClientConnection; relay.py sets them and overrides these.
+    _ctx: RelayContext
+    _route: Route | None
+    _head: RequestHead | None
+    _deadline: Deadline
+    _closing: bool
+    _request_done: bool
+    _response_started: bool
+    _write_paused: bool
 
-        def _resume(self, reason: int) -> None: ...
-        def _rearm(self) -> None: ...
-        def _fail_request(self, error: HTTPError, close: bool) -> None: ...
-        def _upstream_error(self, error: HTTPError) -> None: ...
+    def _resume(self, reason: int) -> None:
+        raise NotImplementedError
+
+    def _rearm(self) -> None:
+        raise NotImplementedError
+
+    def _fail_request(self, error: HTTPError, close: bool) -> None:
+        raise NotImplementedError
+
+    def _upstream_error(self, error: HTTPError) -> None:
+        raise NotImplementedError
 
     def _try(self, host: int, data: bytes, fresh: bool, now: float) -> None:
         """Send the request (``data``: every byte of it so far) to the group's server ``host``,
