@@ -10,9 +10,13 @@ package builds pure Python and works the same, slower. ``lbproxy.compiled`` says
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+from pathlib import Path
+from typing import Any
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
 
 # lbproxy/_build.py alone: importing the package would import what is being built.
 _spec = importlib.util.spec_from_file_location("_build", "lbproxy/_build.py")
@@ -36,4 +40,26 @@ def ext_modules() -> list[object]:
     return list(extensions)
 
 
-setup(ext_modules=ext_modules())
+class BuildExt(build_ext):
+    """Records what it compiled (lbproxy/_build.py reads it): the digest of each source, once
+    every extension is built. An optional extension that failed leaves no record, so the
+    package runs pure Python rather than a mix."""
+
+    def run(self) -> None:
+        self._built: set[str] = set()
+        super().run()
+        if not self.extensions:
+            return
+        target = Path(self.get_ext_fullpath("lbproxy.relay")).parent
+        manifest = target / _build.MANIFEST
+        if self._built == {extension.name for extension in self.extensions}:
+            manifest.write_text(json.dumps(_build.digests(Path("lbproxy")), indent=1) + "\n")
+        else:
+            manifest.unlink(missing_ok=True)
+
+    def build_extension(self, ext: Any) -> None:
+        super().build_extension(ext)
+        self._built.add(ext.name)
+
+
+setup(ext_modules=ext_modules(), cmdclass={"build_ext": BuildExt})

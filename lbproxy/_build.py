@@ -1,14 +1,18 @@
 """Which modules the build compiles with mypyc (setup.py), and which of them this process runs.
 
 Compiled modules sit beside their sources (``relay.py`` and ``relay.cpython-311-*.so``), and
-Python's import prefers the extension. A compiled module older than its source (edited since the
-build) would run the old code silently, so the package runs pure Python instead, all of it, and
-warns: compiled and uncompiled modules of the hot path must not mix (they share native classes).
+Python's import prefers the extension. The build records the SHA-256 of each source it compiled
+in ``_compiled.json``. A source that differs (edited since the build) would run its old code
+silently, so the package runs pure Python instead, all of it, and warns: compiled and
+uncompiled modules of the hot path must not mix (they share native classes). Digests, not
+modification times: a rebuild copies extensions that did not change with their old times.
 ``LBPROXY_PURE=1`` runs pure Python on purpose (the reference the tests compare against).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 import warnings
@@ -49,6 +53,26 @@ def _extension(directory: Path, name: str) -> Path | None:
     return None
 
 
+MANIFEST = "_compiled.json"
+
+
+def digests(directory: Path) -> dict[str, str]:
+    """The SHA-256 of each compiled module's source in ``directory``."""
+    return {
+        name: hashlib.sha256((directory / f"{name}.py").read_bytes()).hexdigest()
+        for name in COMPILED
+    }
+
+
+def _changed(directory: Path) -> list[str]:
+    """The sources that differ from what the build compiled (all of them without a record)."""
+    try:
+        built = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return list(COMPILED)
+    return [name for name, digest in digests(directory).items() if built.get(name) != digest]
+
+
 def choose(package_dir: str) -> bool:
     """Whether the package runs compiled; when it must not, make its imports skip extensions."""
     directory = Path(package_dir)
@@ -61,11 +85,8 @@ def choose(package_dir: str) -> bool:
         return False
     elif len(built) < len(COMPILED):
         reason = "some compiled modules are missing"
-    else:
-        oldest = min(path.stat().st_mtime for path in built)
-        newer = [n for n in COMPILED if (directory / f"{n}.py").stat().st_mtime > oldest]
-        if newer:
-            reason = f"{', '.join(f'{n}.py' for n in newer)} changed since the build"
+    elif changed := _changed(directory):
+        reason = f"{', '.join(f'{name}.py' for name in changed)} changed since the build"
     if reason is None:
         return True
     if reason:

@@ -10,6 +10,7 @@ so what goes upstream is always re-framed canonically (one Content-Length, or ch
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from lbproxy.errors import BadRequest, NotImplementedByGateway, UpstreamProtocolError
 
@@ -38,7 +39,7 @@ _REQUEST_SPECIAL = HOP_BY_HOP | {
     b"x-request-id",
 }
 Header = tuple[bytes, bytes]
-CLOSE_DELIMITED = -1
+CLOSE_DELIMITED: Final = -1
 
 
 class RequestHead:
@@ -389,13 +390,13 @@ def encode_chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
 
 
-LAST_CHUNK = b"0\r\n\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
 
 # How a body is written on the outgoing side.
-BODY_NONE = 0
-BODY_LENGTH = 1  # Content-Length: bytes pass through unchanged
-BODY_CHUNKED = 2  # re-chunked by lbproxy
-BODY_UNTIL_CLOSE = 3  # HTTP/1.0 client: bytes pass through, then the connection closes
+BODY_NONE: Final = 0
+BODY_LENGTH: Final = 1  # Content-Length: bytes pass through unchanged
+BODY_CHUNKED: Final = 2  # re-chunked by lbproxy
+BODY_UNTIL_CLOSE: Final = 3  # HTTP/1.0 client: bytes pass through, then the connection closes
 
 _STATUS_LINES = {
     code: b"HTTP/1.1 %d %b\r\n" % (code, reason)

@@ -13,7 +13,7 @@ its head never reaches the relay, so nothing of it reaches a backend.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import h11
 
@@ -44,7 +44,7 @@ from lbproxy.strict import (
 if TYPE_CHECKING:
     from lbproxy.http import RequestSink, ResponseSink
 
-_EMPTY_LINE = b"\r\n\r\n"
+_EMPTY_LINE: Final = b"\r\n\r\n"
 
 
 def _skip_empty_lines(buf: bytes, pos: int) -> int:

@@ -13,7 +13,7 @@ hold heads to the same limits (strict.py).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Final, Protocol
 
 import httptools
 
@@ -32,9 +32,9 @@ from lbproxy.h11engine import H11RequestParser, H11ResponseParser
 from lbproxy.strict import HeadLimits, check_idle_reads, check_trailers, trailer_size
 
 # What an upstream's response head may take (nginx's proxy_buffer_size is 4-8 KiB).
-MAX_RESPONSE_HEAD = 64 * 1024
+MAX_RESPONSE_HEAD: Final = 64 * 1024
 _NOT_CHUNKED, _CHUNKED_UNCONFIRMED, _CHUNKED = 0, 1, 2
-_HTTP11_END = b" HTTP/1.1\r\n"
+_HTTP11_END: Final = b" HTTP/1.1\r\n"
 
 
 class RequestSink(Protocol):

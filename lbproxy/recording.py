@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from time import perf_counter
+from typing import Final
 
 from lbproxy.metrics import DURATION_BUCKETS
 from lbproxy.tries import UpstreamTries
 
 # The status nginx logs for a client that left before its answer.
-CLIENT_CLOSED = 499
+CLIENT_CLOSED: Final = 499
 
 
 class Recording(UpstreamTries):

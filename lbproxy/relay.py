@@ -19,7 +19,7 @@ import logging
 import os
 from collections import deque
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from lbproxy import framing
 from lbproxy.deadline import Deadline
@@ -50,25 +50,31 @@ if TYPE_CHECKING:
 log = logging.getLogger("lbproxy.relay")
 
 # Reasons reading from the client is paused; reading resumes when none is left.
-_PAUSE_PIPELINE = 1
-_PAUSE_UPSTREAM_FULL = 2
-_PAUSE_CONNECTING = PAUSE_CONNECTING  # 4: a connect holds the request's bytes (tries.py)
+# Final: mypyc compiles a Final constant into the code, instead of a look-up per use.
+_PAUSE_PIPELINE: Final = 1
+_PAUSE_UPSTREAM_FULL: Final = 2
+_PAUSE_CONNECTING: Final = PAUSE_CONNECTING  # 4: a connect holds the request's bytes (tries.py)
 # Paused for the upstream's sake: a request body not arriving then is not the client's fault.
-_PAUSE_FOR_UPSTREAM = _PAUSE_UPSTREAM_FULL | _PAUSE_CONNECTING
-_CONNECT_BUFFER_LIMIT = 256 * 1024
+_PAUSE_FOR_UPSTREAM: Final = _PAUSE_UPSTREAM_FULL | _PAUSE_CONNECTING
+_CONNECT_BUFFER_LIMIT: Final = 256 * 1024
 # Request bytes held to send again if a try fails (Envoy's per-request buffer limit is 64 KiB
 # too); a larger request is sent once, whatever its method.
-_RESEND_LIMIT = 64 * 1024
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_VIA = b"1.1 lbproxy"
-_ADDED_HEADERS = (
+_RESEND_LIMIT: Final = 64 * 1024
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_VIA: Final = b"1.1 lbproxy"
+_ADDED_HEADERS: Final = (
     b"X-Forwarded-Proto: %b\r\nVia: %b\r\nX-Forwarded-For: %b\r\nX-Forwarded-Host: %b\r\n"
     b"X-Request-Id: %b\r\n"
 )
 # Where the next request head is: none of it yet, begun, begun in an earlier read (timed).
-_HEAD_NONE, _HEAD_BEGUN, _HEAD_TIMED = 0, 1, 2
+_HEAD_NONE: Final = 0
+_HEAD_BEGUN: Final = 1
+_HEAD_TIMED: Final = 2
 # Kinds of queued parser events (requests pipelined behind the exchange in flight).
-_HEAD, _BODY, _END, _ERROR = 0, 1, 2, 3
+_HEAD: Final = 0
+_BODY: Final = 1
+_END: Final = 2
+_ERROR: Final = 3
 
 
 # A request id is a per-process random prefix and a counter, in hex (%012x). Formatting the
@@ -76,7 +82,7 @@ _HEAD, _BODY, _END, _ERROR = 0, 1, 2, 3
 # its high digits change once per 4096 requests.
 _REQUEST_ID_PREFIX = os.urandom(6).hex().encode()
 _request_numbers = itertools.count(1)
-_ID_LOW = tuple(b"%03x" % low for low in range(4096))
+_ID_LOW: Final = tuple(b"%03x" % low for low in range(4096))
 _id_high = [_REQUEST_ID_PREFIX + b"%09x" % 0]  # the prefix and the counter's high digits
 
 

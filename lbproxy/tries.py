@@ -18,7 +18,7 @@ clears them with the rest of the exchange.
 from __future__ import annotations
 
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from lbproxy.errors import GatewayTimeout, HTTPError
 from lbproxy.failover import Failover, connect_failure, exchange_failure
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 # The reason a connect in progress pauses reading from the client: one bit of relay.py's
 # read-pause reasons, defined here because the connect that ends it lives here.
-PAUSE_CONNECTING = 4
+PAUSE_CONNECTING: Final = 4
 
 
 class UpstreamTries:

@@ -3,6 +3,7 @@ never compiled code older than its source."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -69,9 +70,9 @@ def not_pure(monkeypatch: pytest.MonkeyPatch) -> None:
 def package(tmp_path: Path, not_pure: None) -> Iterator[Path]:
     """A package directory holding every compiled module's source and extension."""
     for name in _build.COMPILED:
-        (tmp_path / f"{name}.py").write_text("")
+        (tmp_path / f"{name}.py").write_text(f"# {name}\n")
         (tmp_path / f"{name}{SUFFIX}").write_bytes(b"")
-        os.utime(tmp_path / f"{name}.py", (1_000_000, 1_000_000))
+    (tmp_path / _build.MANIFEST).write_text(json.dumps(_build.digests(tmp_path)))
     yield tmp_path
     sys.path_importer_cache.pop(str(tmp_path), None)
 
@@ -91,6 +92,20 @@ def test_a_source_edited_after_the_build_runs_pure_python(package: Path) -> None
     assert isinstance(finder, machinery.FileFinder)
     spec = finder.find_spec("relay")
     assert spec is not None and spec.origin == str(package / "relay.py")
+
+
+def test_an_edit_undone_runs_compiled_again(package: Path) -> None:
+    (package / "relay.py").write_text("# edited\n")
+    (package / "relay.py").write_text("# relay\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _build.choose(str(package))
+
+
+def test_extensions_without_a_record_of_their_sources_run_pure_python(package: Path) -> None:
+    (package / _build.MANIFEST).unlink()
+    with pytest.warns(RuntimeWarning, match=r"acl\.py, .*upstream\.py changed since the build"):
+        assert not _build.choose(str(package))
 
 
 def test_some_extensions_missing_runs_pure_python(package: Path) -> None:

@@ -3,7 +3,9 @@
 Run it for as long as there is time (it is not part of the suite, which only replays the
 seeds through the same check):
 
-    python -m tests.test_fuzz_atheris -max_total_time=600 -max_len=4096 [CORPUS_DIR]
+    LBPROXY_PURE=1 python -m tests.test_fuzz_atheris -max_total_time=600 -max_len=4096 [CORPUS_DIR]
+
+(atheris follows the coverage of Python bytecode: the compiled build has none to follow.)
 
 Without a corpus directory it starts from the seeds, in a new temporary directory.
 
@@ -61,6 +63,11 @@ def test_the_seeds_pass_the_fuzzer_check() -> None:
 
 def main() -> None:
     import atheris
+
+    import lbproxy
+
+    if lbproxy.compiled:
+        sys.exit("run the fuzzer on pure Python, with LBPROXY_PURE=1: atheris instruments bytecode")
 
     # The parser modules are imported already (by the check's own imports), too early for
     # instrument_imports: their loaded code is instrumented instead.
