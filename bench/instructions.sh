@@ -2,6 +2,7 @@
 # Instructions per proxied request through the relay (in memory, no syscalls), counted by
 # callgrind: repeatable on a noisy machine, unlike wall-clock figures. Compare before and after a
 # hot-path change. Usage: bench/instructions.sh [httptools|h11]   (needs valgrind)
+# It counts the build that imports: compiled by mypyc after make build, or LBPROXY_PURE=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 engine=${1:-httptools}
@@ -13,4 +14,5 @@ import sys; sys.path.insert(0, 'bench'); import relay_inmemory as r; r.run('$eng
 }
 small=$(count 1000)
 large=$(count 3000)
-echo "$engine: $(( (large - small) / 2000 )) instructions per proxied request"
+build=$("$python" -c 'import lbproxy; print(lbproxy.BUILD)')
+echo "$engine ($build): $(( (large - small) / 2000 )) instructions per proxied request"

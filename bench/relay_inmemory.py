@@ -15,6 +15,7 @@ from typing import Any
 
 import uvloop
 
+import lbproxy
 from lbproxy.configload import parse_config
 from lbproxy.pool import PoolSet
 from lbproxy.relay import ClientConnection
@@ -116,7 +117,10 @@ def main() -> None:
     args = parser.parse_args()
     run(args.engine, 2000)
     best = min(run(args.engine, args.n) for _ in range(3))
-    print(f"{args.engine}: {best:.2f} us of Python per proxied request (best of 3, n={args.n})")
+    print(
+        f"{args.engine} ({lbproxy.BUILD}): {best:.2f} us per proxied request "
+        f"(best of 3, n={args.n})"
+    )
 
 
 if __name__ == "__main__":
