@@ -109,7 +109,11 @@ async def measure(children: Children, workdir: Path, connections: int, hold: flo
             (BACKEND_PORT,),
             lb_ip=LB[0],
             lb_port=LB[1],
-            gateway_extra="keepalive_timeout = 600.0\n",
+            # max_client_connections (10,000 by default) with room for the readiness probe
+            # and the sampled requests: the cap is not what this measures.
+            gateway_extra=(
+                f"keepalive_timeout = 600.0\nmax_client_connections = {connections + 1024}\n"
+            ),
         )
     )
     proxy = children.start(
