@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Backend, Client, LoopThread, Seen, free_port, gateway_toml, header
+from tests import harness
+from tests.harness import Backend, Client, LoopThread, Seen, gateway_toml, header
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,6 +85,19 @@ def wait_until_serving(port: int, daemon: Daemon) -> None:
             assert daemon.process.poll() is None, daemon.log()
             assert time.monotonic() < deadline, daemon.log()
             time.sleep(0.05)
+
+
+_handed_out: set[int] = set()
+
+
+def free_port() -> int:
+    """A port free now and never handed out before in this module. A port is only free until
+    someone binds it: LB_PORT, drawn at import, was handed out again to a later test's front
+    listener, and that daemon could not bind its load balancer."""
+    while (port := harness.free_port()) in _handed_out:
+        pass
+    _handed_out.add(port)
+    return port
 
 
 LB_PORT = free_port()
