@@ -4,12 +4,13 @@ TOML, all on 127.0.0.1 with real sockets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import ssl
 import threading
 import tomllib
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -58,6 +59,27 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def full_accept_queue() -> Iterator[int]:
+    """The port of a listener whose accept queue is full: further SYNs are dropped, so a
+    connect to it hangs until the connector's own timeout."""
+    with socket.socket() as stuffed:
+        stuffed.bind(("127.0.0.1", 0))
+        stuffed.listen(0)
+        fillers = []
+        try:
+            for _ in range(3):
+                filler = socket.socket()
+                fillers.append(filler)
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect(stuffed.getsockname())
+            yield int(stuffed.getsockname()[1])
+        finally:
+            for filler in fillers:
+                filler.close()
 
 
 @dataclass

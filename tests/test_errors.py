@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
 import threading
@@ -23,6 +22,7 @@ from tests.harness import (
     Seen,
     config_from,
     free_port,
+    full_accept_queue,
     gateway_toml,
     header,
 )
@@ -258,18 +258,8 @@ def test_503_for_requests_queued_while_draining(lt: LoopThread, engine: str) -> 
 
 
 def test_504_when_the_connect_itself_hangs(lt: LoopThread, engine: str) -> None:
-    # A listener whose accept queue is full: further SYNs are dropped, so connect() hangs.
-    with socket.socket() as stuffed:
-        stuffed.bind(("127.0.0.1", 0))
-        stuffed.listen(0)
-        fillers = []
-        for _ in range(3):
-            filler = socket.socket()
-            filler.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                filler.connect(stuffed.getsockname())
-            fillers.append(filler)
-        backend = Backend("a", port=stuffed.getsockname()[1])  # never started: only its address
+    with full_accept_queue() as port:
+        backend = Backend("a", port=port)  # never started: only its address
         text = gateway_toml([backend], free_port(), engine, gateway_extra="connect_timeout = 0.3")
         gateway = Gateway(lt, config_from(text))
         try:
@@ -280,5 +270,3 @@ def test_504_when_the_connect_itself_hangs(lt: LoopThread, engine: str) -> None:
             assert time.monotonic() - started < 3
         finally:
             gateway.stop()
-            for filler in fillers:
-                filler.close()

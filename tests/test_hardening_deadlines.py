@@ -23,6 +23,7 @@ from tests.harness import (
     config_from,
     echo,
     free_port,
+    full_accept_queue,
     gateway_toml,
 )
 from tests.test_hardening_framing import read_responses, recv_responses
@@ -30,6 +31,19 @@ from tests.test_hardening_framing import read_responses, recv_responses
 
 def statuses(data: bytes, methods: list[bytes]) -> list[int]:
     return [status for status, _ in read_responses(data, methods)]
+
+
+def upload_in_two_parts(gateway: Gateway, path: bytes, pause: float) -> list[int]:
+    """A 400 kB POST: 300 kB (past the 256 KiB held while connecting), a pause, the last
+    100 kB; the statuses answered."""
+    sock = gateway.connect()
+    head = b"POST %b HTTP/1.1\r\nHost: a\r\nContent-Length: 400000\r\n\r\n" % path
+    sock.sendall(head + b"x" * 300_000)
+    time.sleep(pause)
+    sock.sendall(b"y" * 100_000)
+    data, _ = recv_responses(sock, [b"POST"])
+    sock.close()
+    return statuses(data, [b"POST"])
 
 
 async def slow_post(seen: Seen, writer: asyncio.StreamWriter) -> bool:
@@ -92,14 +106,7 @@ def test_a_body_held_by_a_connect_is_the_clients_again_once_connected(
     gateway, backend = gateway_for(
         timeout=2.0, gateway_extra="client_body_timeout = 3.0", keep_body=False
     )
-    sock = gateway.connect()
-    head = b"POST /direct/up HTTP/1.1\r\nHost: a\r\nContent-Length: 400000\r\n\r\n"
-    sock.sendall(head + b"x" * 300_000)
-    time.sleep(2.4)
-    sock.sendall(b"y" * 100_000)
-    data, _ = recv_responses(sock, [b"POST"])
-    sock.close()
-    assert statuses(data, [b"POST"]) == [200]
+    assert upload_in_two_parts(gateway, b"/direct/up", pause=2.4) == [200]
     assert [s.body_size for s in backend.seen] == [400_000]
 
 
@@ -111,42 +118,24 @@ def test_a_retry_onto_a_pooled_connection_reads_the_rest_of_the_body(
     # last 100 kB must still be read.
     alive = Backend("alive", keep_body=False)
     lt.run(alive.start())
-    hole = socket.socket()
-    hole.bind(("127.0.0.1", 0))
-    hole.listen(0)
-    fillers = []
-    for _ in range(3):
-        filler = socket.socket()
-        filler.setblocking(False)
-        filler.connect_ex(hole.getsockname())
-        fillers.append(filler)
-    dead = Backend("dead", port=hole.getsockname()[1])
-    text = gateway_toml(
-        [dead, alive],
-        free_port(),
-        engine,
-        timeout=2.0,
-        gateway_extra="client_body_timeout = 5.0\nconnect_timeout = 0.5",
-    ).replace("servers = [", "passive = { max_fails = 0 }\nservers = [", 1)
-    gateway = Gateway(lt, config_from(text))
-    try:
-        sock = gateway.connect()
-        sock.sendall(b"GET /api/warm HTTP/1.1\r\nHost: a\r\n\r\n")  # pools a connection
-        recv_responses(sock, [b"GET"])
-        sock.close()
-        for _ in range(2):  # round-robin: one of the two goes to the full queue first
+    with full_accept_queue() as port:
+        dead = Backend("dead", port=port)
+        text = gateway_toml(
+            [dead, alive],
+            free_port(),
+            engine,
+            timeout=2.0,
+            gateway_extra="client_body_timeout = 5.0\nconnect_timeout = 0.5",
+        ).replace("servers = [", "passive = { max_fails = 0 }\nservers = [", 1)
+        gateway = Gateway(lt, config_from(text))
+        try:
             sock = gateway.connect()
-            head = b"POST /api/up HTTP/1.1\r\nHost: a\r\nContent-Length: 400000\r\n\r\n"
-            sock.sendall(head + b"x" * 300_000)
-            time.sleep(0.3)
-            sock.sendall(b"y" * 100_000)
-            data, _ = recv_responses(sock, [b"POST"])
+            sock.sendall(b"GET /api/warm HTTP/1.1\r\nHost: a\r\n\r\n")  # pools a connection
+            recv_responses(sock, [b"GET"])
             sock.close()
-            assert statuses(data, [b"POST"]) == [200]
-        assert [s.body_size for s in alive.seen] == [0, 400_000, 400_000]
-    finally:
-        gateway.stop()
-        lt.run(alive.stop())
-        for filler in fillers:
-            filler.close()
-        hole.close()
+            for _ in range(2):  # round-robin: one of the two goes to the full queue first
+                assert upload_in_two_parts(gateway, b"/api/up", pause=0.3) == [200]
+            assert [s.body_size for s in alive.seen] == [0, 400_000, 400_000]
+        finally:
+            gateway.stop()
+            lt.run(alive.stop())
